@@ -1,0 +1,39 @@
+# Two commands a new user needs: `make demo` and `make test`. Both create .venv on
+# first use (pinned to Scipion's pins, CPU torch) and are quick once it exists.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+
+.PHONY: venv demo test test-fast bench model clean help
+
+help:
+	@echo "make demo   - set up, then run the whole chain on a built-in example (headless Scipion project)"
+	@echo "make test   - set up, then run unit + headless Scipion protocol tests"
+	@echo "make bench  - speed/quality benchmarks -> benchmarks/results/*.json"
+	@echo "make model  - retrain the shipped model (deepcluster/models/)"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m deepcluster demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider deepcluster/tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+model: $(STAMP)
+	$(PY) benchmarks/train_shipped_model.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

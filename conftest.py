@@ -1,0 +1,7 @@
+"""Headless Scipion for plain pytest: configure before pyworkflow is imported."""
+import warnings
+
+from deepcluster import headless
+
+headless.configure()
+warnings.filterwarnings('ignore', category=DeprecationWarning)

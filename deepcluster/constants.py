@@ -1,0 +1,9 @@
+"""Names shared by the Scipion face of the plugin (never by core/)."""
+
+# Attributes stored per subtomogram in Scipion sets (sqlite columns).
+LABEL_ATTR = '_dcLabel'          # ground-truth class name (String), from simulation
+FEATURE_ATTR = '_dcFeatures'     # 32 floats as a comma-separated String
+FEATURE_INDEX_ATTR = '_dcRow'    # row of the item in the features .npy
+
+# Plugin variables
+DEEPCLUSTER_DEVICE = 'DEEPCLUSTER_DEVICE'
