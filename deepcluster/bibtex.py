@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
+r"""
 @article{Moebel2022,
 title = {Towards unsupervised classification of macromolecular complexes in cryo electron tomography: challenges and opportunities},
 journal = {Computer Methods and Programs in Biomedicine},

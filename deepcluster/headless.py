@@ -44,7 +44,6 @@ def configure(home=None, user_data=None):
     os.environ.setdefault('SCIPION_DOMAIN', 'pwem')
     os.environ.setdefault('SCIPION_PYTHON', sys.executable)
     os.environ.setdefault('SCIPION_TEST_NOSYNC', '1')
-    os.environ.setdefault('SCIPION_NOTES_ARGS', '')
     os.environ.setdefault('MPLBACKEND', 'Agg')
     os.makedirs(os.environ['SCIPION_USER_DATA'], exist_ok=True)
     return os.environ['SCIPION_HOME']

@@ -70,14 +70,22 @@ def read_volume(path, check_finite=True):
     return data.copy(), (vx if vx > 0 else None)
 
 
-def write_volume(path, data, voxel_size):
-    """Write a float32 MRC with the voxel size in the header, atomically."""
+def write_volume(path, data, voxel_size, atomic=True):
+    """Write a float32 MRC with the voxel size in the header, atomically (pass
+    ``atomic=False`` when writing many files inside a folder that is itself atomic)."""
     data = np.ascontiguousarray(data, dtype=np.float32)
+    if not atomic:
+        _write_mrc(path, data, voxel_size)
+        return
     with atomic_path(path) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(data)
-            mrc.voxel_size = float(voxel_size)
-            mrc.update_header_stats()
+        _write_mrc(tmp, data, voxel_size)
+
+
+def _write_mrc(path, data, voxel_size):
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = float(voxel_size)
+        mrc.update_header_stats()
 
 
 # ------------------------------------------------------------------- geometry

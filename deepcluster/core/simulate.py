@@ -1,0 +1,565 @@
+"""The data model: labelled synthetic subtomograms from templates (torch, batched).
+
+One call of ``Simulator.batch`` makes B subtomograms on the simulator's device:
+
+1. geometry (real space): each particle gets a uniform random rotation (random
+   unit quaternion), a sub-voxel shift and a voxel-size jitter, and is sampled
+   straight into the output box by trilinear ``grid_sample`` from an atlas of all
+   templates; context is added: 0..N crowding neighbours at random distances
+   (>= touching; cut by the box edge), a curved lipid bilayer (~4 nm, two leaflets,
+   random curvature), gold beads, and a smooth ice background;
+2. imaging (Fourier space, one ``rfftn``; see ``imaging.py``): missing wedge and
+   tilt sampling gaps, per-tilt CTF (weak-phase central-section approximation,
+   no defocus gradient across the tilted specimen), dose-symmetric exposure filter,
+   B-factor envelope; noise is added only inside the sampled wedge, coloured
+   |k|^alpha (back-projection ramp), so the wedge is empty of signal AND noise as
+   in a WBP reconstruction;
+3. ``irfftn``, contrast sign, per-subtomogram normalisation (zero mean, unit std).
+
+Contrast convention: 'dark' (default) = protein darker than the background, as in
+raw cryo-ET reconstructions (the CTF at low frequency with underfocus); 'bright'
+= protein brighter (the sign flipped), as after contrast inversion.
+
+SNR convention ('particle', default): SNR = mean square of the imaged particle
+over its own volume / noise variance per voxel, i.e. var(imaged particle over the
+box) * box^3 / V_particle / var(noise), with V_particle the template's effective
+volume (participation ratio, voxels). It is a local SNR: like a real tomogram,
+where the noise per voxel does not depend on what is in the box, it does not
+dilute with box size or grow with particle size, and context (neighbours,
+membranes, beads) adds signal without adding noise. Negatives get the noise a
+randomly drawn ('ghost') particle would have had. 'box': SNR = var(imaged
+particle over the box) / var(noise). Variances come from the spectra by Parseval.
+
+Limitation: the Fourier step treats the box as periodic, so a strong object cut by
+the box edge (a bead, a membrane) rings faintly across the opposite edge.
+
+Template frame: membrane 'attached' templates and ``membrane_bound`` classes
+(``<name>_mb``) sit on a membrane touching their -z side (map z axis), in that
+fixed pose, so the context is learnable; 'embedded' ones have the bilayer through
+their centre normal to z.
+"""
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import DeepClusterError
+from . import imaging
+from .volumes import atomic_path, write_labels, write_volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class SimulationConfig:
+    """Data-model settings. Pairs (lo, hi) are domain-randomisation ranges drawn
+    per subtomogram (uniform unless said); lengths in Å unless said."""
+    box: int = 40
+    voxel_size: float = 10.0
+    tilt_range: tuple = (-60.0, 60.0)       # degrees, tilt axis Y
+    tilt_steps: tuple = (2.0, 3.0)          # one drawn per subtomogram
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    defocus_um: tuple = (2.0, 5.0)          # underfocus
+    defocus_tilt_jitter_um: float = 0.1     # per-tilt defocus sd
+    phase_flip_probability: float = 0.2     # CTF-corrected (phase-flipped) data
+    dose: tuple = (60.0, 140.0)             # total e/Å^2, dose-symmetric order
+    bfactor: tuple = (0.0, 1500.0)          # Å^2 envelope (resolution, alignment, resampling)
+    snr: tuple = (0.1, 1.5)                 # log-uniform, local SNR; see the module docstring
+    snr_reference: str = 'particle'         # 'particle' | 'box'
+    noise_exponent: tuple = (-0.5, 1.0)     # noise amplitude ~ |k|^alpha
+    max_shift: float = 1.0                  # voxels, uniform per axis (picking error)
+    voxel_jitter: float = 0.04              # relative scale jitter (data resampled from other voxel sizes)
+    crowding_probability: float = 0.5
+    max_neighbours: int = 3
+    neighbour_gap: tuple = (0.0, 80.0)      # surface-to-surface
+    membrane_probability: float = 0.2       # context membrane near any class
+    membrane_thickness: float = 40.0
+    membrane_radius: tuple = (250.0, 5000.0)  # curvature radius, log-uniform
+    membrane_gap: tuple = (20.0, 150.0)     # context membrane to particle
+    membrane_density: tuple = (0.5, 1.0)    # head groups, protein interior = 1
+    bead_probability: float = 0.05
+    bead_diameter: tuple = (50.0, 100.0)
+    bead_density: tuple = (4.0, 8.0)
+    ice_amplitude: tuple = (0.0, 0.1)       # sd of the smooth ice background
+    contrast: str = 'dark'                  # 'dark' | 'bright'
+    normalise: bool = True
+
+    def validate(self):
+        def bad(msg):
+            raise DeepClusterError(msg)
+        if int(self.box) < 16:
+            bad('box %s: must be at least 16 voxels' % self.box)
+        if not self.voxel_size > 0:
+            bad('voxel size %s: must be positive' % self.voxel_size)
+        lo, hi = self.tilt_range
+        if not (-90 <= lo < hi <= 90):
+            bad('tilt range %s %s: need -90 <= min < max <= 90 degrees' % (lo, hi))
+        steps = (self.tilt_steps,) if np.isscalar(self.tilt_steps) else tuple(self.tilt_steps)
+        if not steps or any(not 0 < s <= hi - lo for s in steps):
+            bad('tilt steps %s: need 0 < step <= tilt range' % (steps,))
+        for name in ('defocus_um', 'dose', 'bfactor', 'snr', 'noise_exponent', 'neighbour_gap',
+                     'membrane_radius', 'membrane_gap', 'membrane_density', 'bead_diameter',
+                     'bead_density', 'ice_amplitude'):
+            v = getattr(self, name)
+            if len(v) != 2 or v[0] > v[1]:
+                bad('%s %s: expected a range (low, high) with low <= high' % (name, v))
+        if self.snr[0] <= 0:
+            bad('snr %s: must be positive' % (self.snr,))
+        if self.membrane_radius[0] <= 0:
+            bad('membrane_radius %s: must be positive' % (self.membrane_radius,))
+        for name in ('phase_flip_probability', 'crowding_probability', 'membrane_probability',
+                     'bead_probability'):
+            if not 0 <= getattr(self, name) <= 1:
+                bad('%s %s: must be within 0..1' % (name, getattr(self, name)))
+        if self.contrast not in ('dark', 'bright'):
+            bad("contrast %r: expected 'dark' or 'bright'" % self.contrast)
+        if self.snr_reference not in ('particle', 'box'):
+            bad("snr_reference %r: expected 'particle' or 'box'" % self.snr_reference)
+        if int(self.max_neighbours) < 0 or not 0 <= self.voxel_jitter < 0.5 or self.max_shift < 0:
+            bad('max_neighbours, voxel_jitter and max_shift must be >= 0 (jitter < 0.5)')
+        return self
+
+
+def random_rotations(q):
+    """Rotation matrices (..., 3, 3) from (..., 4) Gaussian draws: normalised they
+    are uniform unit quaternions, hence uniform on SO(3)."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1).reshape(q.shape[:-1] + (3, 3))
+
+
+class Simulator:
+    """Batched subtomogram simulator for ``templates`` (all at config.voxel_size).
+
+    ``class_names``: template names, then ``<name>_mb`` for each name in
+    ``membrane_bound``, then ``'negative'`` if ``negative``.
+    """
+
+    def __init__(self, templates, config=None, device='cpu', negative=True, membrane_bound=()):
+        self.config = cfg = (config or SimulationConfig()).validate()
+        self.device = dev = torch.device(device)
+        templates = list(templates)
+        if not templates:
+            raise DeepClusterError('no templates: give structures or procedural classes')
+        names = [t.name for t in templates]
+        for t in templates:
+            if abs(t.voxel_size - cfg.voxel_size) > 1e-3 * cfg.voxel_size:
+                raise DeepClusterError('template %s is at %.3f Å/voxel, the simulation at %.3f: load it '
+                                       'at the simulation voxel size' % (t.name, t.voxel_size, cfg.voxel_size))
+        if len(set(names)) != len(names):
+            raise DeepClusterError('duplicate template names: %s' % sorted({n for n in names if names.count(n) > 1}))
+        membrane_bound = [membrane_bound] if isinstance(membrane_bound, str) else list(membrane_bound or ())
+        for nm in membrane_bound:
+            if nm not in names:
+                raise DeepClusterError('membrane-bound class %r: no template of that name (have: %s)'
+                                       % (nm, ', '.join(names)))
+        self.templates = templates
+        mode = {'none': 0, 'attached': 1, 'embedded': 2}
+        self.class_names = names + [nm + '_mb' for nm in membrane_bound] + (['negative'] if negative else [])
+        ctempl = list(range(len(names))) + [names.index(nm) for nm in membrane_bound] + [0] * negative
+        cmode = [mode[t.membrane] for t in templates] + [1] * len(membrane_bound) + [0] * negative
+        self.class_template = torch.tensor(ctempl, device=dev)
+        self.class_membrane = torch.tensor(cmode, device=dev)
+        self.class_negative = torch.tensor([False] * (len(ctempl) - negative) + [True] * negative, device=dev)
+        self._sparse = dev.type == 'cpu'     # CPU: sample only each particle's footprint
+        self._local = {}
+        self._build_atlas()
+        self.imaging = imaging.ImagingModel(cfg, dev)
+        n = int(cfg.box)
+        ax = torch.arange(n, dtype=torch.float32, device=dev)
+        self._xyz_t = torch.stack(torch.meshgrid(ax, ax, ax, indexing='ij'), -1).reshape(-1, 3).T.contiguous()
+        self._x2 = (self._xyz_t ** 2).sum(0)
+
+    # ------------------------------------------------------------ precompute
+    def _nbox(self, stride):
+        return -(-int(self.config.box) // stride)
+
+    def _build_atlas(self):
+        """All templates side by side in one zero-padded volume, so one grid_sample
+        call samples any mix of them. Each sits in a zero border wide enough that
+        the CPU's particle footprints (spheres) never reach a neighbour's voxels."""
+        cfg, dev = self.config, self.device
+        n, smax, smin = int(cfg.box), 1 + cfg.voxel_jitter, 1 - cfg.voxel_jitter
+        info = []
+        for t in self.templates:
+            d = t.density.astype(np.float64)
+            r = (d.shape[0] - 1) // 2
+            zz, yy, xx = np.indices(d.shape) - r
+            rr = np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+            order = np.argsort(rr.ravel())
+            cum = np.cumsum(d.ravel()[order]) / d.sum()
+            support = float(rr[d > 0.01].max()) + 1.0                       # trilinear support
+            side = {st: min(self._nbox(st), 2 * int(math.ceil((support * smax + 1.0) / st + 0.5)) + 1)
+                    for st in (1, 2)}
+            pad = r if side[1] >= n else max(r, int(math.ceil(((side[1] - 1) / 2 + 1.5) / smin)) + 1)
+            info.append(dict(r=r, pad=pad, support=support, side=side,
+                             contact=float(rr.ravel()[order][np.searchsorted(cum, 0.97)]) + 0.5,
+                             extent=float(rr[d > 0.03].max()) + 1.0,
+                             bottom=float((-zz)[d > 0.2].max()) if (d > 0.2).any() else 0.0,
+                             veff=t.effective_volume))
+        big = max(2 * i['pad'] + 1 for i in info)
+        atlas = np.zeros((big, big, sum(2 * i['pad'] + 2 for i in info) + 1), np.float32)
+        cen, x0 = [], 1
+        for t, i in zip(self.templates, info):
+            c = big // 2
+            s = t.density.shape[0]
+            xc = x0 + i['pad']
+            atlas[c - i['r']:c - i['r'] + s, c - i['r']:c - i['r'] + s, xc - i['r']:xc - i['r'] + s] = t.density
+            cen.append((c, c, xc))
+            x0 += 2 * i['pad'] + 2
+
+        def col(key):
+            return torch.tensor([i[key] for i in info], dtype=torch.float32, device=dev)
+        self.atlas = torch.from_numpy(atlas)[None, None].to(dev)
+        self._atlas_scale = (2.0 / (torch.tensor(atlas.shape, dtype=torch.float32) - 1)).to(dev)   # zyx
+        self._atlas_centre = torch.tensor(cen, dtype=torch.float32, device=dev)
+        self._support = col('support')               # radius holding all density (voxels)
+        self.extent_radius = col('extent')           # density > 3% of max
+        self.contact_radius = col('contact')         # 97% of the mass
+        self.bottom = col('bottom')                  # extent along the template's -z
+        self.effective_volume = col('veff')          # voxels (participation ratio)
+        self._side = {st: torch.tensor([i['side'][st] for i in info]) for st in (1, 2)}      # CPU
+        self.neighbour_pool = torch.tensor([i for i, t in enumerate(self.templates) if t.membrane == 'none']
+                                           or list(range(len(self.templates))), device=dev)
+
+    # ------------------------------------------------------------- rendering
+    def _local_grid(self, s, stride, sphere):
+        """Points of a cube of side s (or of its inscribed ball): (P,4) offsets
+        [stride*i, 1], their squared norms, and flat indices in a box of side n/stride."""
+        key = (s, stride, sphere)
+        if key not in self._local:
+            nb = self._nbox(stride)
+            ax = torch.arange(s, dtype=torch.float32, device=self.device)
+            loc = torch.stack(torch.meshgrid(ax, ax, ax, indexing='ij'), -1).reshape(-1, 3)
+            if sphere:
+                loc = loc[((loc - (s - 1) / 2) ** 2).sum(1) <= ((s - 1) / 2) ** 2 + 1e-6]
+            flat = (loc[:, 0] * nb * nb + loc[:, 1] * nb + loc[:, 2]).long()
+            loc = loc * stride
+            self._local[key] = (torch.cat([loc, torch.ones_like(loc[:, :1])], 1), (loc ** 2).sum(-1), flat)
+        return self._local[key]
+
+    def _sample(self, s, stride, sphere, t, m, c, scale, mask):
+        """Sample templates ``t`` (J,) through maps ``m`` (J,3,3: box offset -> template
+        coordinates, ``scale`` their inverse scale) centred at ``c`` (J,3; full-grid
+        voxels) on cubes (or balls) of side ``s`` of a grid of pitch ``stride`` (its
+        voxel i sits at stride*i + (stride-1)/2). ``mask`` zeroes points outside each
+        template's support (needed where a point may reach another template).
+        Returns (values (P, J), flat index of each cube's first voxel (J,))."""
+        nb = self._nbox(stride)
+        loc4, loc2, _ = self._local_grid(s, stride, sphere)
+        lo = torch.zeros_like(c) if s == nb else \
+            (torch.round((c - 0.5 * (stride - 1)) / stride) - s // 2).clamp(0, nb - s)
+        b = stride * lo + 0.5 * (stride - 1) - c                              # cube origin - centre
+        a = m.transpose(1, 2) * self._atlas_scale                             # (J,3,3) zyx columns
+        off = (b.unsqueeze(1) @ a).squeeze(1) + self._atlas_centre[t] * self._atlas_scale - 1
+        aff = torch.cat([a, off.unsqueeze(1)], 1).flip(-1)                    # (J,4,3) -> xyz order
+        j = len(t)
+        grid = loc4 @ aff.permute(1, 0, 2).reshape(4, j * 3)                  # one GEMM: (P, J*3)
+        vals = F.grid_sample(self.atlas, grid.view(1, -1, j, 1, 3), mode='bilinear',
+                             padding_mode='zeros', align_corners=True).view(-1, j)
+        if mask:
+            rad = self._support[t] * scale
+            d2 = loc2.unsqueeze(1) + 2 * (loc4[:, :3] @ b.T) + (b * b).sum(-1)
+            vals = vals * (d2 <= rad * rad)
+        lo_flat = ((lo[:, 0] * nb + lo[:, 1]) * nb + lo[:, 2]).long()
+        return vals, lo_flat
+
+    def _render(self, t, m, c, scale, weight, per_row, stride):
+        """Sum objects into (B, nb^3) volumes (nb = n / stride); objects come
+        row-major, ``per_row`` to a row; ``weight`` 0 drops one."""
+        nb = self._nbox(stride)
+        rows_n = len(t) // per_row
+        if not self._sparse:                                                  # GPU: full boxes, no scatter
+            vals, _ = self._sample(nb, stride, False, t, m, c, scale, True)
+            return (vals * weight).T.reshape(rows_n, per_row, -1).sum(1)
+        out = torch.zeros(rows_n * nb ** 3, device=self.device)
+        keep = (weight > 0).nonzero().squeeze(1)
+        rows = keep // per_row
+        t, m, c, scale = t[keep], m[keep], c[keep], scale[keep]
+        sides = self._side[stride][t]
+        for s in torch.unique(sides).tolist():
+            sel = (sides == s).nonzero().squeeze(1)
+            # a particle's ball fits the box unclamped, and the padded atlas needs no mask
+            ball = stride == 1 and s < nb
+            vals, lo_flat = self._sample(s, stride, ball, t[sel], m[sel], c[sel], scale[sel], not ball)
+            idx = (rows[sel] * nb ** 3 + lo_flat) + self._local_grid(s, stride, ball)[2].unsqueeze(1)
+            out.index_add_(0, idx.reshape(-1), vals.reshape(-1))
+        return out.view(rows_n, -1)
+
+    def _shell(self, vol, flag, centre, radius, fn):
+        """vol += fn(distance to each row's sphere surface, rows) where ``flag``."""
+        rows = flag.nonzero().squeeze(1) if self._sparse else None
+        if rows is not None:
+            if rows.numel() == 0:
+                return
+            centre, radius = centre[rows], radius[rows]
+        d2 = torch.addmm(self._x2 + (centre * centre).sum(-1, keepdim=True), centre, self._xyz_t, alpha=-2)
+        field = fn(d2.clamp_min_(0).sqrt_().sub_(radius.unsqueeze(1)), rows)
+        if rows is None:
+            vol += field * flag.unsqueeze(1)
+        else:
+            vol.index_add_(0, rows, field)
+
+    # ----------------------------------------------------------------- batch
+    def batch(self, labels, generator, return_clean=False):
+        """Subtomograms (B, n, n, n) float32 on the device for class indices ``labels``.
+
+        Deterministic for a given ``generator`` state (a torch.Generator on the
+        simulator's device). With ``return_clean`` also returns the noise-free
+        volumes in the same units (output - clean = the noise, exactly)."""
+        cfg, dev = self.config, self.device
+        n, vx, k, nt = int(cfg.box), cfg.voxel_size, int(cfg.max_neighbours), len(self.templates)
+        labels = torch.as_tensor(labels, device=dev).long()
+        b = labels.numel()
+        g = generator
+
+        def u(*shape, lo=0.0, hi=1.0):
+            return torch.rand(*shape, generator=g, device=dev) * (hi - lo) + lo
+
+        def gauss(*shape):
+            return torch.randn(*shape, generator=g, device=dev)
+
+        def unit(*shape):
+            v = gauss(*shape, 3)
+            return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+        # ---- all random draws, in a fixed order whatever the content
+        ghost = (u(b) * nt).long().clamp_max(nt - 1)
+        rot = random_rotations(gauss(b, 4))
+        scale = u(b, lo=1 - cfg.voxel_jitter, hi=1 + cfg.voxel_jitter)
+        shift = u(b, 3, lo=-cfg.max_shift, hi=cfg.max_shift)
+        crowd = u(b) < cfg.crowding_probability
+        count = 1 + (u(b) * k).long()
+        npool = len(self.neighbour_pool)
+        nclass = self.neighbour_pool[(u(b, k) * npool).long().clamp_max(npool - 1)]
+        ndir, ngap, nrot = unit(b, k), u(b, k, lo=cfg.neighbour_gap[0], hi=cfg.neighbour_gap[1]), gauss(b, k, 4)
+        mem_ctx = u(b) < cfg.membrane_probability
+        mdir, mgap = unit(b), u(b, lo=cfg.membrane_gap[0], hi=cfg.membrane_gap[1])
+        mrad = torch.exp(u(b, lo=math.log(cfg.membrane_radius[0]), hi=math.log(cfg.membrane_radius[1])))
+        mside = torch.where(u(b) < 0.5, -1.0, 1.0)
+        mdens = u(b, lo=cfg.membrane_density[0], hi=cfg.membrane_density[1])
+        bead = u(b) < cfg.bead_probability
+        bdir, bgap = unit(b), u(b, lo=0.0, hi=cfg.neighbour_gap[1])
+        brad = u(b, lo=cfg.bead_diameter[0] / 2, hi=cfg.bead_diameter[1] / 2) / vx
+        bdens = u(b, lo=cfg.bead_density[0], hi=cfg.bead_density[1])
+        params = self.imaging.draw(b, u, gauss, g)
+
+        # ---- the centre particle (for a negative: a ghost, only the SNR reference)
+        positive = ~self.class_negative[labels]
+        tmpl = torch.where(positive, self.class_template[labels], ghost)
+        centre = shift + float(n // 2)
+        s = scale.unsqueeze(1)
+        particle = self._render(tmpl, rot.transpose(1, 2) / scale.view(b, 1, 1), centre, scale,
+                                torch.ones(b, device=dev), 1, 1)
+        # ---- neighbours at >= touching distance; context needs shape, not detail:
+        # they are sampled on a half-resolution grid and interpolated up
+        context = torch.zeros(b, n ** 3, device=dev)
+        if k:
+            active = crowd.unsqueeze(1) & (torch.arange(k, device=dev) < count.unsqueeze(1))
+            dist = s * (self.contact_radius[tmpl].unsqueeze(1) + self.contact_radius[nclass]) + ngap / vx
+            ncentre = centre.unsqueeze(1) + ndir * dist.unsqueeze(2)
+            nmap = random_rotations(nrot).transpose(2, 3) / scale.view(b, 1, 1, 1)
+            coarse = self._render(nclass.reshape(-1), nmap.reshape(-1, 3, 3), ncentre.reshape(-1, 3),
+                                  scale.repeat_interleave(k), active.reshape(-1).float(), k, 2)
+            nh = self._nbox(2)
+            context = F.interpolate(coarse.view(b, 1, nh, nh, nh), scale_factor=2, mode='trilinear',
+                                    align_corners=False)[:, 0, :n, :n, :n].reshape(b, -1)
+        # ---- membrane: fixed pose for attached/embedded/_mb classes, else maybe nearby
+        mode = torch.where(positive, self.class_membrane[labels], torch.zeros_like(labels))
+        attached = (mode == 1).unsqueeze(1)
+        zaxis = rot[:, :, 0]                                                  # template +z in the box
+        half = 0.5 * cfg.membrane_thickness / vx
+        fixed_anchor = torch.where(attached, centre - zaxis * (s * (self.bottom[tmpl].unsqueeze(1) + 0.5) + half), centre)
+        fixed_normal = torch.where(attached, -zaxis, zaxis)
+        ctx_anchor = centre + mdir * (s * self.extent_radius[tmpl].unsqueeze(1) + half + (mgap / vx).unsqueeze(1))
+        has_fixed = (mode > 0).unsqueeze(1)
+        anchor = torch.where(has_fixed, fixed_anchor, ctx_anchor)
+        normal = torch.where(has_fixed, fixed_normal, mdir)
+        rc = mrad / vx
+        sig2 = 2 * max(5.0 / vx, 0.7) ** 2
+        lh = 0.45 * cfg.membrane_thickness / vx
+        core2 = 2 * (0.5 * lh) ** 2
+
+        def bilayer(d, r):       # two head-group leaflets, a slightly lighter core
+            a = (mdens if r is None else mdens[r]).unsqueeze(1)
+            heads = torch.exp(-(d - lh) ** 2 / sig2) + torch.exp(-(d + lh) ** 2 / sig2)
+            return heads.sub_(torch.exp(-d * d / core2), alpha=0.25).mul_(a)
+        self._shell(context, (mode > 0) | mem_ctx, anchor + normal * (mside * rc).unsqueeze(1), rc, bilayer)
+
+        def gold(d, r):
+            a = (bdens if r is None else bdens[r]).unsqueeze(1)
+            return d.div_(-0.7).tanh_().add_(1).mul_(a * 0.5)
+        bcentre = centre + bdir * (s * self.extent_radius[tmpl].unsqueeze(1) + brad.unsqueeze(1)
+                                   + (bgap / vx).unsqueeze(1))
+        self._shell(context, bead, bcentre, brad, gold)
+
+        # ---- imaging in Fourier space
+        pspec = torch.fft.rfftn(particle.view(b, n, n, n), dim=(1, 2, 3)).reshape(b, -1)
+        spec = pspec * positive.unsqueeze(1)
+        has_ctx = crowd | (mode > 0) | mem_ctx | bead
+        if not self._sparse:
+            spec += torch.fft.rfftn(context.view(b, n, n, n), dim=(1, 2, 3)).reshape(b, -1)
+        else:
+            rows = has_ctx.nonzero().squeeze(1)
+            if rows.numel():
+                cspec = torch.fft.rfftn(context[rows].view(-1, n, n, n), dim=(1, 2, 3)).reshape(len(rows), -1)
+                spec.index_add_(0, rows, cspec)
+        ref = 1.0 if cfg.snr_reference == 'box' else n ** 3 / (self.effective_volume[tmpl] * scale ** 3)
+        return self.imaging.image(pspec, spec, params, ref, return_clean)
+
+
+# ------------------------------------------------------------------- to disk
+def write_montage(path, volumes_by_class, per_class=4):
+    """PNG: one row per class, ``per_class`` examples, each as its central XY slice
+    and central XZ slice (where the missing wedge smears along Z); each slice is
+    averaged with its two neighbours, as in the method paper's figures, and
+    contrast-stretched on its own (1-99 percentiles). One mosaic image, so it is
+    quick for any number of classes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    names = list(volumes_by_class)
+    first = next((np.asarray(v[0]) for v in volumes_by_class.values() if len(v)), None)
+    if first is None:
+        raise DeepClusterError('montage: no volumes to show')
+    n, gap = first.shape[0], 2
+    tile = n + gap
+    mosaic = np.ones((len(names) * tile, 2 * per_class * tile + gap), np.float32)
+    for r, name in enumerate(names):
+        for i, v in enumerate(list(volumes_by_class[name])[:per_class]):
+            v = np.asarray(v, dtype=np.float32)
+            c = n // 2
+            for j, img in enumerate((v[c - 1:c + 2].mean(0), v[:, c - 1:c + 2].mean(1))):
+                lo, hi = np.percentile(img, [1, 99])
+                y, x = r * tile, (2 * i + j) * tile
+                mosaic[y:y + n, x:x + n] = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)[::-1]
+    h, w = mosaic.shape
+    scale = max(2.0, 600.0 / w)
+    fig = Figure(figsize=((w * scale) / 100 + 1.4, (h * scale) / 100 + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes([1.3 / fig.get_figwidth(), 0.05 / fig.get_figheight(),
+                       (w * scale / 100) / fig.get_figwidth(), (h * scale / 100) / fig.get_figheight()])
+    ax.imshow(mosaic, cmap='gray', vmin=0, vmax=1, interpolation='nearest')
+    ax.set_axis_off()
+    for r, name in enumerate(names):
+        ax.text(-gap * 2, r * tile + n / 2, name, ha='right', va='center', fontsize=8)
+    for i in range(2 * per_class):
+        ax.text(i * tile + n / 2, -1, ('XY', 'XZ')[i % 2], ha='center', va='bottom', fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png')
+    return path
+
+
+def simulate_to_folder(out, templates, n_per_class, config=None, seed=0, negative=True,
+                       membrane_bound=(), device='cpu', batch_size=64, montage=True):
+    """Write ``n_per_class`` subtomograms per class to the folder ``out``:
+    ``sub_000000.mrc``... (voxel size in the header; classes interleaved),
+    ``labels.csv`` (file,label = class name) and ``montage.png``. The folder
+    appears atomically (nothing on error). Same seed (and batch size, device)
+    -> byte-identical volumes. Returns a summary dict."""
+    if int(n_per_class) < 1:
+        raise DeepClusterError('n-per-class %s: must be at least 1' % n_per_class)
+    sim = Simulator(templates, config, device, negative, membrane_bound)
+    cfg, names = sim.config, sim.class_names
+    total = len(names) * int(n_per_class)
+    labels = torch.arange(total) % len(names)
+    gen = torch.Generator(device=sim.device).manual_seed(int(seed))
+    files, examples = [], {nm: [] for nm in names}
+    t0 = last = time.time()
+    with atomic_path(out) as tmp:
+        os.makedirs(tmp)
+        for start in range(0, total, batch_size):
+            lab = labels[start:start + batch_size]
+            vols = sim.batch(lab.to(sim.device), gen).cpu().numpy()
+            for i, (v, c) in enumerate(zip(vols, lab.tolist())):
+                fn = 'sub_%06d.mrc' % (start + i)
+                write_volume(os.path.join(tmp, fn), v, cfg.voxel_size, atomic=False)   # the folder is atomic
+                files.append(fn)
+                if len(examples[names[c]]) < 4:
+                    examples[names[c]].append(v)
+            done = start + len(lab)
+            if time.time() - last > 5 or done == total:
+                rate = done / max(time.time() - t0, 1e-9)
+                log.info('simulate: %d/%d subtomograms, %.0f/s, ETA %.0f s', done, total, rate,
+                         (total - done) / rate)
+                last = time.time()
+        write_labels(os.path.join(tmp, 'labels.csv'), files, [names[c] for c in labels.tolist()])
+        if montage:
+            write_montage(os.path.join(tmp, 'montage.png'), examples)
+    return dict(out=os.path.abspath(out), n=total, classes=names, seconds=time.time() - t0)
+
+
+# ----------------------------------------------------------------------- CLI
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        'simulate', help='make labelled synthetic subtomograms (the data model)',
+        description='Simulate labelled cryo-ET subtomograms from structures (.mrc/.map maps, '
+                    '.pdb/.cif models) and/or procedural pseudo-molecules: .mrc files + labels.csv '
+                    '+ montage.png in --out.')
+    p.add_argument('--structures', nargs='+', metavar='PATH', default=[],
+                   help='folders/files of .mrc/.map maps and .pdb/.ent/.cif models (class = file stem)')
+    p.add_argument('--procedural', type=int, default=0, metavar='N_CLASSES',
+                   help='add N procedural pseudo-molecule classes (proc00...)')
+    p.add_argument('--n-per-class', type=int, default=100, metavar='N')
+    p.add_argument('--box', type=int, default=40, help='box side in voxels (default 40)')
+    p.add_argument('--voxel-size', type=float, default=10.0, help='Å/voxel (default 10)')
+    p.add_argument('--tilt-range', type=float, nargs=2, default=(-60.0, 60.0), metavar=('MIN', 'MAX'))
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out', required=True, metavar='DIR', help='output folder (created atomically)')
+    p.add_argument('--negative', action=argparse.BooleanOptionalAction, default=True,
+                   help="add the 'negative' class (no particle at the centre; default on)")
+    p.add_argument('--membrane-bound', nargs='+', default=[], metavar='NAME',
+                   help='also simulate NAME_mb: that particle bound to a membrane in a fixed pose')
+    p.add_argument('--embedded', nargs='+', default=[], metavar='NAME',
+                   help='these structures are membrane proteins (bilayer through the centre, normal to z)')
+    p.add_argument('--snr', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
+                   help='SNR range, log-uniform (default %s %s)' % SimulationConfig.snr)
+    p.add_argument('--contrast', choices=('dark', 'bright'), default='dark',
+                   help='dark: protein darker than background, as raw cryo-ET (default)')
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N' or 'auto'")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args):
+    from .device import pick_device
+    from .structures import load_structures, procedural_templates
+    cfg = SimulationConfig(box=args.box, voxel_size=args.voxel_size, tilt_range=tuple(args.tilt_range),
+                           contrast=args.contrast)
+    if args.snr is not None:
+        cfg.snr = tuple(args.snr)
+    cfg.validate()
+    if args.n_per_class < 1:
+        raise DeepClusterError('--n-per-class %d: must be at least 1' % args.n_per_class)
+    if args.procedural < 0:
+        raise DeepClusterError('--procedural %d: must be >= 0' % args.procedural)
+    if args.batch_size < 1:
+        raise DeepClusterError('--batch-size %d: must be at least 1' % args.batch_size)
+    if not args.structures and not args.procedural:
+        raise DeepClusterError('no classes: give --structures PATH... and/or --procedural N')
+    device = pick_device(args.device)
+    templates = []
+    if args.structures:
+        templates += load_structures(args.structures, args.voxel_size,
+                                     membrane={nm: 'embedded' for nm in args.embedded})
+        missing = set(args.embedded) - {t.name for t in templates}
+        if missing:
+            raise DeepClusterError('--embedded %s: no structure of that name' % ', '.join(sorted(missing)))
+    if args.procedural:
+        templates += procedural_templates(args.procedural, args.voxel_size, seed=args.seed)
+    res = simulate_to_folder(args.out, templates, args.n_per_class, cfg, seed=args.seed,
+                             negative=args.negative, membrane_bound=args.membrane_bound,
+                             device=device, batch_size=args.batch_size)
+    log.info('wrote %d subtomograms of %d classes to %s in %.1f s', res['n'], len(res['classes']),
+             res['out'], res['seconds'])

@@ -1,0 +1,225 @@
+"""The data model: physics invariants, determinism, labels, CLI (fast, tiny boxes)."""
+import dataclasses
+import os
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+from deepcluster.core import DeepClusterError
+from deepcluster.core.cli import main
+from deepcluster.core.structures import procedural_templates
+from deepcluster.core.simulate import SimulationConfig, Simulator, simulate_to_folder
+from deepcluster.core.volumes import read_labels, read_volume
+
+BOX = 24
+
+
+@pytest.fixture(scope='module')
+def templates():
+    return procedural_templates(3, 10.0, seed=0)
+
+
+def quiet(**kw):
+    """No context at all: a lone particle in noise."""
+    base = dict(box=BOX, crowding_probability=0.0, membrane_probability=0.0, bead_probability=0.0,
+                ice_amplitude=(0.0, 0.0))
+    base.update(kw)
+    return SimulationConfig(**base)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def sphere(n, r):
+    ax = np.arange(n) - n // 2
+    z, y, x = np.meshgrid(ax, ax, ax, indexing='ij')
+    return z * z + y * y + x * x <= r * r
+
+
+# ---------------------------------------------------------------------- API
+def test_class_names_and_batch_contract(templates):
+    sim = Simulator(templates, SimulationConfig(box=BOX), membrane_bound=['proc01'])
+    assert sim.class_names == ['proc00', 'proc01', 'proc02', 'proc01_mb', 'negative']
+    labels = torch.arange(10) % len(sim.class_names)
+    x = sim.batch(labels, gen())
+    assert x.shape == (10, BOX, BOX, BOX) and x.dtype == torch.float32 and x.device.type == 'cpu'
+    assert torch.isfinite(x).all()
+    assert torch.allclose(x.mean(dim=(1, 2, 3)), torch.zeros(10), atol=1e-4)
+    assert torch.allclose(x.std(dim=(1, 2, 3), unbiased=False), torch.ones(10), atol=1e-3)
+    assert Simulator(templates, SimulationConfig(box=BOX), negative=False).class_names == ['proc00', 'proc01', 'proc02']
+
+
+def test_same_generator_state_same_output(templates):
+    sim = Simulator(templates, SimulationConfig(box=BOX))
+    labels = torch.arange(8) % len(sim.class_names)
+    a, b, c = sim.batch(labels, gen(5)), sim.batch(labels, gen(5)), sim.batch(labels, gen(6))
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1
+
+
+def test_cpu_footprint_path_matches_full_box_path(templates):
+    """The CPU samples only each particle's footprint; the GPU code path samples whole
+    boxes. Both must give the same volumes (run the GPU path on the CPU)."""
+    cfg = SimulationConfig(box=BOX, crowding_probability=1.0, membrane_probability=0.5, bead_probability=0.5)
+    sim = Simulator(templates, cfg, membrane_bound=['proc00'])
+    labels = torch.arange(10) % len(sim.class_names)
+    a = sim.batch(labels, gen(1))
+    sim._sparse = False
+    b = sim.batch(labels, gen(1))
+    assert (a - b).abs().max() < 0.02
+
+
+# ------------------------------------------------------------------ physics
+def test_missing_wedge_is_empty_of_signal_and_noise(templates):
+    cfg = SimulationConfig(box=BOX, tilt_range=(-50.0, 60.0), tilt_steps=(2.0, 3.0))
+    sim = Simulator(templates, cfg)
+    x = sim.batch(torch.arange(8) % 4, gen(2)).double()
+    power = torch.fft.fftn(x, dim=(1, 2, 3)).abs() ** 2
+    f = torch.fft.fftfreq(BOX, d=1.0 / BOX).double()
+    kz, _, kx = torch.meshgrid(f, f, f, indexing='ij')
+    # angle of each voxel's central section in the XZ plane; tilt theta turns z towards +x
+    ang = torch.rad2deg(torch.atan2(-kz, kx))
+    ang = torch.remainder(ang + 90, 180) - 90
+    edge = torch.where(ang > 60, ang - 60, torch.where(ang < -50, -50 - ang, torch.zeros_like(ang)))
+    missing = torch.sqrt(kz ** 2 + kx ** 2) * torch.sin(torch.deg2rad(edge)) > 0.75
+    assert missing.float().mean() > 0.15
+    assert power[:, missing].sum() < 1e-9 * power.sum()
+    inside = (edge == 0) & (kz.abs() + kx.abs() > 0)
+    assert power[:, inside].mean() > 0.1 * power[:, 1:].mean()      # the rest is not empty
+
+
+@pytest.mark.parametrize('reference', ['particle', 'box'])
+def test_measured_snr_matches_requested(templates, reference):
+    snr = 0.3
+    sim = Simulator(templates, quiet(snr=(snr, snr), voxel_jitter=0.0, snr_reference=reference), negative=False)
+    labels = torch.arange(12) % 3
+    x, clean = sim.batch(labels, gen(3), return_clean=True)
+    noise = x - clean
+    measured = clean.var(dim=(1, 2, 3), unbiased=False) / noise.var(dim=(1, 2, 3), unbiased=False)
+    if reference == 'particle':        # mean square over the particle's own volume
+        measured = measured * BOX ** 3 / sim.effective_volume[labels]
+    assert torch.allclose(measured, torch.full_like(measured, snr), rtol=0.2), measured
+
+
+def test_noise_does_not_depend_on_context(templates):
+    """Neighbours add signal, not noise: with the same draws, the noise pattern is
+    the same with and without them (only the output's overall scale changes)."""
+    a = Simulator(templates, quiet(snr=(0.5, 0.5)), negative=False)
+    b = Simulator(templates, dataclasses.replace(quiet(snr=(0.5, 0.5)), crowding_probability=1.0), negative=False)
+    labels = torch.arange(6) % 3
+    xa, ca = a.batch(labels, gen(4), return_clean=True)
+    xb, cb = b.batch(labels, gen(4), return_clean=True)
+    na, nb = (xa - ca).reshape(6, -1), (xb - cb).reshape(6, -1)
+    corr = (na * nb).sum(1) / (na.norm(dim=1) * nb.norm(dim=1))
+    assert (corr > 0.999).all(), corr
+    assert ((ca - cb).reshape(6, -1).abs().max(1)[0] > 0.1).any()     # the context did change
+
+
+def test_negative_has_no_centred_particle(templates):
+    cfg = SimulationConfig(box=BOX, crowding_probability=1.0, contrast='bright')
+    sim = Simulator(templates, cfg)
+    neg = sim.class_names.index('negative')
+    labels = torch.tensor([neg] * 12 + [0, 1, 2] * 4)
+    _, clean = sim.batch(labels, gen(5), return_clean=True)
+    core = torch.from_numpy(sphere(BOX, 3))
+    frac = (clean[:, core] ** 2).sum(1) / (clean ** 2).sum(dim=(1, 2, 3))
+    assert frac[:12].mean() < 0.2 * frac[12:].mean(), frac
+
+
+def test_membrane_bound_class_carries_its_membrane(templates):
+    sim = Simulator(templates, quiet(contrast='bright', snr=(1.0, 1.0)), membrane_bound=['proc00'], negative=False)
+    labels = torch.tensor([0] * 6 + [3] * 6)                  # proc00, proc00_mb
+    _, clean = sim.batch(labels, gen(6), return_clean=True)
+    outside = torch.from_numpy(~sphere(BOX, float(sim.extent_radius[0]) + 2))
+    frac = (clean[:, outside] ** 2).sum(1) / (clean ** 2).sum(dim=(1, 2, 3))
+    assert frac[6:].min() > 2 * frac[:6].max(), frac
+
+
+# ------------------------------------------------------------------ to disk
+def test_folder_labels_files_and_determinism(templates, tmp_path):
+    cfg = SimulationConfig(box=BOX)
+    out1, out2, out3 = tmp_path / 'a', tmp_path / 'b', tmp_path / 'c'
+    res = simulate_to_folder(out1, templates, 3, cfg, seed=7, membrane_bound=['proc00'], batch_size=5)
+    simulate_to_folder(out2, templates, 3, cfg, seed=7, membrane_bound=['proc00'], batch_size=5, montage=False)
+    simulate_to_folder(out3, templates, 3, cfg, seed=8, membrane_bound=['proc00'], batch_size=5, montage=False)
+    names = ['proc00', 'proc01', 'proc02', 'proc00_mb', 'negative']
+    assert res['classes'] == names and res['n'] == 15
+    labels = read_labels(out1 / 'labels.csv')
+    mrcs = sorted(f for f in os.listdir(out1) if f.endswith('.mrc'))
+    assert sorted(labels) == mrcs and len(mrcs) == 15
+    assert sorted(labels.values()) == sorted(names * 3)
+    assert (out1 / 'montage.png').stat().st_size > 1000
+    vol, vx = read_volume(str(out1 / mrcs[0]))
+    assert vol.shape == (BOX, BOX, BOX) and vx == pytest.approx(10.0)
+    def data(folder, f):
+        with mrcfile.open(folder / f) as m:
+            return m.data.tobytes()
+    for f in mrcs:
+        assert data(out1, f) == data(out2, f)               # byte-identical volumes
+    assert any(data(out1, f) != data(out3, f) for f in mrcs)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith('.')]     # no temp leftovers
+
+
+def test_bad_simulation_inputs(templates, tmp_path):
+    bad = [dict(box=8), dict(tilt_range=(-95.0, 60.0)), dict(tilt_range=(30.0, 10.0)),
+           dict(snr=(0.0, 1.0)), dict(contrast='grey'), dict(crowding_probability=2.0)]
+    for kw in bad:
+        with pytest.raises(DeepClusterError) as e:
+            SimulationConfig(**kw).validate()
+        assert '\n' not in str(e.value)
+    with pytest.raises(DeepClusterError, match='nothere'):
+        Simulator(templates, SimulationConfig(box=BOX), membrane_bound=['nothere'])
+    with pytest.raises(DeepClusterError, match='voxel'):
+        Simulator(procedural_templates(2, 8.0, seed=0), SimulationConfig(box=BOX))
+    with pytest.raises(DeepClusterError, match='n-per-class'):
+        simulate_to_folder(tmp_path / 'out', templates, 0, SimulationConfig(box=BOX))
+    with pytest.raises(DeepClusterError):
+        simulate_to_folder(tmp_path / 'out', templates, 2, SimulationConfig(box=BOX), membrane_bound=['zzz'])
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------- CLI
+def test_cli_end_to_end(tmp_path):
+    out = tmp_path / 'sim'
+    main(['-q', 'simulate', '--procedural', '2', '--n-per-class', '2', '--box', '16', '--seed', '1',
+          '--out', str(out), '--membrane-bound', 'proc01', '--snr', '0.5', '2', '--contrast', 'bright'])
+    labels = read_labels(out / 'labels.csv')
+    assert sorted(set(labels.values())) == ['negative', 'proc00', 'proc01', 'proc01_mb']
+    for f in labels:
+        with mrcfile.open(out / f) as m:
+            assert m.data.shape == (16, 16, 16) and m.voxel_size.x == pytest.approx(10.0)
+    main(['-q', 'simulate', '--procedural', '1', '--n-per-class', '1', '--box', '16', '--no-negative',
+          '--out', str(tmp_path / 'noneg')])
+    assert set(read_labels(tmp_path / 'noneg' / 'labels.csv').values()) == {'proc00'}
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['--procedural', '2', '--tilt-range', '-95', '60'], 'tilt range'),
+    (['--procedural', '2', '--tilt-range', '40', '-40'], 'tilt range'),
+    (['--procedural', '2', '--box', '8'], 'box'),
+    (['--procedural', '2', '--n-per-class', '0'], 'n-per-class'),
+    ([], 'no classes'),
+    (['--structures', '/no/such/dir'], '/no/such/dir'),
+    (['--procedural', '2', '--membrane-bound', 'ghost'], 'ghost'),
+])
+def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, capsys, args, needle):
+    out = tmp_path / 'sim'
+    with pytest.raises(SystemExit) as e:
+        main(['-q', 'simulate', '--out', str(out), '--box', '16'] + args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA GPU')
+def test_gpu_batch(templates):
+    sim = Simulator(templates, SimulationConfig(box=BOX), device='cuda')
+    g = torch.Generator(device='cuda').manual_seed(0)
+    x = sim.batch(torch.arange(8, device='cuda') % 4, g)
+    assert x.is_cuda and x.shape == (8, BOX, BOX, BOX) and torch.isfinite(x).all()
+    g2 = torch.Generator(device='cuda').manual_seed(0)
+    assert torch.allclose(x, sim.batch(torch.arange(8, device='cuda') % 4, g2), atol=1e-4)
