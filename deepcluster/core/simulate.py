@@ -464,7 +464,9 @@ def simulate_to_folder(out, templates, n_per_class, config=None, seed=0, negativ
                        membrane_bound=(), device='cpu', batch_size=64, montage=True):
     """Write ``n_per_class`` subtomograms per class to the folder ``out``:
     ``sub_000000.mrc``... (voxel size in the header; classes interleaved),
-    ``labels.csv`` (file,label = class name) and ``montage.png``. The folder
+    ``labels.csv`` (file,label = class name), ``montage.png`` and
+    ``templates/<class>.mrc`` (each structure as simulated: the record of what
+    the labels mean). The folder
     appears atomically (nothing on error). Same seed (and batch size, device)
     -> byte-identical volumes. Returns a summary dict."""
     if int(n_per_class) < 1:
@@ -494,6 +496,10 @@ def simulate_to_folder(out, templates, n_per_class, config=None, seed=0, negativ
                          (total - done) / rate)
                 last = time.time()
         write_labels(os.path.join(tmp, 'labels.csv'), files, [names[c] for c in labels.tolist()])
+        os.makedirs(os.path.join(tmp, 'templates'))
+        for t in templates:
+            write_volume(os.path.join(tmp, 'templates', t.name + '.mrc'), t.density, t.voxel_size,
+                         atomic=False)
         if montage:
             write_montage(os.path.join(tmp, 'montage.png'), examples)
     return dict(out=os.path.abspath(out), n=total, classes=names, seconds=time.time() - t0)

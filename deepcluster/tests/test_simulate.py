@@ -152,6 +152,9 @@ def test_folder_labels_files_and_determinism(templates, tmp_path):
     assert sorted(labels) == mrcs and len(mrcs) == 15
     assert sorted(labels.values()) == sorted(names * 3)
     assert (out1 / 'montage.png').stat().st_size > 1000
+    assert sorted(os.listdir(out1 / 'templates')) == ['proc00.mrc', 'proc01.mrc', 'proc02.mrc']
+    tpl, _ = read_volume(str(out1 / 'templates' / 'proc01.mrc'))
+    np.testing.assert_allclose(tpl, templates[1].density)
     vol, vx = read_volume(str(out1 / mrcs[0]))
     assert vol.shape == (BOX, BOX, BOX) and vx == pytest.approx(10.0)
     def data(folder, f):

@@ -1,0 +1,374 @@
+"""Batched, streaming inference: subtomograms -> 32-d shape features.
+
+``python -m deepcluster embed INPUT... --out features.npy`` (see ``add_parser``).
+
+Every subtomogram goes through exactly the training preprocessing, one file at a
+time and independently of the others:
+  1. pad to a cube if it is not one (border mean);
+  2. Fourier-resample from its voxel size (header or ``--voxel-size``) to the
+     model's (same band-limited rule as ``volumes.resample``, batched in torch);
+  3. centre-crop or pad to the model's box;
+  4. zero mean, unit standard deviation;
+  5. multiply by -1 when ``--invert-contrast`` (data with bright protein; the
+     model expects the convention in its config, 'dark' = protein darker).
+So inputs with different box or voxel sizes can be mixed: each is brought to the
+model's geometry on its own (the log says when sizes differ). A background
+thread reads and prepares the next batch while the network runs; only one or two
+batches are in memory whatever the number of files. Outputs (``.npy`` of N x 32
+float32 in input order and ``.csv`` beside it naming each row's file) are written
+to temp names and renamed at the end, so an error leaves nothing half-written.
+"""
+import csv
+import functools
+import logging
+import os
+import queue
+import threading
+import time
+import warnings
+
+import mrcfile
+import numpy as np
+import torch
+
+from . import DeepClusterError
+from .device import pick_device
+from .network import inference_model, load_model, resolve_model_path
+from .volumes import atomic_path, fit_box, list_volume_files, pad_to_cube, read_volume
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 64
+VOXEL_TOLERANCE = 1e-3   # relative: voxel sizes closer than this are taken as equal
+
+
+# --------------------------------------------------------------- preprocessing
+def resample_batch(vols, voxel_size, target_voxel_size):
+    """Fourier-resample a (B, n, n, n) float tensor like ``volumes.resample``, batched.
+
+    Same rule as the numpy version (new side = round(n * voxel / target), spectrum
+    cropped or zero-padded around DC), computed in complex64 on the tensor's device.
+    Returns (tensor (B, m, m, m), achieved voxel size).
+    """
+    n = vols.shape[-1]
+    m = max(2, int(round(n * float(voxel_size) / float(target_voxel_size))))
+    if m == n:
+        return vols, float(voxel_size)
+    dims = (-3, -2, -1)
+    f = torch.fft.fftshift(torch.fft.fftn(vols.to(torch.complex64), dim=dims), dim=dims)
+    k = min(n, m)
+    a, b = n // 2 - k // 2, m // 2 - k // 2
+    out = torch.zeros(vols.shape[:-3] + (m, m, m), dtype=torch.complex64, device=vols.device)
+    out[..., b:b + k, b:b + k, b:b + k] = f[..., a:a + k, a:a + k, a:a + k]
+    res = torch.fft.ifftn(torch.fft.ifftshift(out, dim=dims), dim=dims).real * (m / n) ** 3
+    return res.float(), float(voxel_size) * n / m
+
+
+@functools.lru_cache(maxsize=32)
+def _resample_crop_operator(n, voxel_size, target_voxel_size, box):
+    """The 1-D complex matrix (box x n) of 'Fourier-resample n -> m, then centre-crop
+    to box' (m >= box). The 3-D operation is its tensor cube (the spectrum crop is a
+    box), so applying it along each axis and taking the real part reproduces
+    ``volumes.resample`` + ``fit_box`` exactly, at about 3x the speed of the FFTs."""
+    m = max(2, int(round(n * float(voxel_size) / float(target_voxel_size))))
+    spec = np.fft.fftshift(np.fft.fft(np.eye(n), axis=0), axes=0)
+    k = min(n, m)
+    a, b = n // 2 - k // 2, m // 2 - k // 2
+    full = np.zeros((m, n), complex)
+    full[b:b + k] = spec[a:a + k]
+    op = np.fft.ifft(np.fft.ifftshift(full, axes=0), axis=0) * (m / n)
+    c = (m - box) // 2
+    return torch.from_numpy(op[c:c + box].astype(np.complex64))
+
+
+def _resample_crop_batch(x, voxel_size, target_voxel_size, box):
+    """(B, n, n, n) -> (B, box, box, box): resample to the target voxel size, then
+    centre-crop/pad to box (same result as volumes.resample + volumes.fit_box)."""
+    n = x.shape[-1]
+    m = max(2, int(round(n * float(voxel_size) / float(target_voxel_size))))
+    if m == n:
+        return _fit_box_batch(x, box)
+    if m < box:   # grows less than the box: resample, then pad with the border mean
+        return _fit_box_batch(resample_batch(x, voxel_size, target_voxel_size)[0], box)
+    op = _resample_crop_operator(n, float(voxel_size), float(target_voxel_size), box).to(x.device)
+    y = x.to(torch.complex64)
+    y = torch.einsum('ai,nijk->najk', op, y)
+    y = torch.einsum('bj,najk->nabk', op, y)
+    y = torch.einsum('ck,nabk->nabc', op, y)
+    return y.real.contiguous()
+
+
+def _fit_box_batch(x, box):
+    """Centre-crop or pad a (B, m, m, m) tensor to box^3 (pad with each border mean)."""
+    m = x.shape[-1]
+    if m == box:
+        return x
+    if m > box:
+        a = (m - box) // 2
+        return x[..., a:a + box, a:a + box, a:a + box]
+    border = torch.ones((m, m, m), dtype=torch.bool, device=x.device)
+    border[1:-1, 1:-1, 1:-1] = False
+    fill = x[:, border].mean(dim=1)
+    out = fill.view(-1, 1, 1, 1).expand(x.shape[0], box, box, box).clone()
+    a = (box - m) // 2
+    out[:, a:a + m, a:a + m, a:a + m] = x
+    return out
+
+
+def _normalise_batch(x):
+    flat = x.reshape(x.shape[0], -1)
+    mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+    sd = flat.std(dim=1, unbiased=False).view(-1, 1, 1, 1)
+    return torch.where(sd > 0, (x - mean) / torch.where(sd > 0, sd, torch.ones_like(sd)),
+                       torch.zeros_like(x))
+
+
+def prepare_batch(vols, voxel_sizes, config, invert_contrast=False):
+    """Bring volumes of any cube size / voxel size to the model's input (B, box^3).
+
+    ``vols``: list of float32 arrays (z, y, x); ``voxel_sizes``: list of Å.
+    Volumes sharing (size, voxel size) are resampled together.
+    """
+    box, target = int(config['box']), float(config['voxel_size'])
+    out = torch.empty((len(vols), box, box, box), dtype=torch.float32)
+    groups = {}
+    vols = [pad_to_cube(np.asarray(v, dtype=np.float32)) for v in vols]
+    for i, (v, vx) in enumerate(zip(vols, voxel_sizes)):
+        same = abs(vx - target) <= VOXEL_TOLERANCE * target
+        groups.setdefault((v.shape[0], target if same else round(float(vx), 6)), []).append(i)
+    for (n, vx), idx in groups.items():
+        x = torch.from_numpy(np.stack([vols[i] for i in idx]))
+        out[idx] = (_resample_crop_batch(x, vx, target, box) if vx != target
+                    else _fit_box_batch(x, box))
+    out = _normalise_batch(out)
+    return -out if invert_contrast else out
+
+
+# ------------------------------------------------------------------ model side
+class Embedder:
+    """A loaded model ready for inference on one device."""
+
+    def __init__(self, model, config, device='cpu'):
+        self.device = torch.device(device)
+        self.config = config
+        self.model = inference_model(model).to(self.device)
+
+    @classmethod
+    def from_file(cls, path=None, device='cpu'):
+        path = resolve_model_path(path)
+        model, config = load_model(path, 'cpu')
+        return cls(model, config, device)
+
+    @torch.inference_mode()
+    def __call__(self, batch):
+        """(B, box, box, box) prepared tensor -> (B, 32) float32 numpy."""
+        x = batch.to(self.device, non_blocking=True).unsqueeze(1)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        return self.model.features(x).float().cpu().numpy()
+
+
+def embed_arrays(vols, model, config, voxel_size=None, invert_contrast=False,
+                 batch_size=DEFAULT_BATCH, device='cpu'):
+    """Features of in-memory volumes (array (N, D, D, D) or a list of cubes).
+
+    ``voxel_size``: one number or one per volume (default: the model's).
+    ``model`` may be an nn.Module or an ``Embedder``.
+    """
+    emb = model if isinstance(model, Embedder) else Embedder(model, config, device)
+    n = len(vols)
+    if n == 0:
+        raise DeepClusterError('no volumes to embed')
+    vs = voxel_size if voxel_size is not None else config['voxel_size']
+    vs = list(vs) if np.ndim(vs) else [float(vs)] * n
+    out = np.empty((n, emb.config.get('feature_dim', 32)), np.float32)
+    for a in range(0, n, batch_size):
+        chunk = [np.asarray(v, np.float32) for v in vols[a:a + batch_size]]
+        for v in chunk:
+            if not np.isfinite(v).all():
+                raise DeepClusterError('volume contains NaN or infinite voxels')
+        out[a:a + len(chunk)] = emb(prepare_batch(chunk, vs[a:a + len(chunk)], emb.config,
+                                                  invert_contrast))
+    return out
+
+
+# ----------------------------------------------------------------- file input
+def scan_headers(files, voxel_size=None):
+    """(voxel sizes, shapes) from the MRC headers only; fails early and clearly."""
+    sizes, shapes = [], []
+    for p in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                with mrcfile.open(p, header_only=True, permissive=True) as mrc:
+                    h = mrc.header
+                    shape = (int(h.nz), int(h.ny), int(h.nx))
+                    vx = float(mrc.voxel_size.x)
+                    volume_stack = int(h.ispg) >= 401
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DeepClusterError('%s: not a readable MRC file (%s)' % (p, msg))
+        if min(shape) < 2:
+            raise DeepClusterError('%s: not a 3D volume (shape %s)' % (p, shape))
+        if volume_stack:
+            raise DeepClusterError('%s: a stack of volumes, not one subtomogram; split it' % p)
+        if voxel_size is None and not vx > 0:
+            raise DeepClusterError('%s: the header has no voxel size; pass --voxel-size' % p)
+        sizes.append(float(voxel_size) if voxel_size is not None else vx)
+        shapes.append(shape)
+    return sizes, shapes
+
+
+def _reader(files, sizes, config, invert, batch_size, q, stop):
+    """Background thread: read + prepare batches, put (start, tensor) or an error."""
+    try:
+        for a in range(0, len(files), batch_size):
+            if stop.is_set():
+                return
+            vols = [read_volume(p)[0] for p in files[a:a + batch_size]]
+            q.put((a, prepare_batch(vols, sizes[a:a + batch_size], config, invert)))
+        q.put(None)
+    except BaseException as e:   # hand it to the main thread
+        q.put(e)
+
+
+def auto_threads():
+    """CPU threads for the network while a reader thread prepares the next batch:
+    one core for the reader, the rest for the network (at least 1)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def embed_files(files, model_path=None, voxel_size=None, device='auto', batch_size=DEFAULT_BATCH,
+                invert_contrast=False, out=None, embedder=None, progress=True, threads=None):
+    """Features (N x 32 float32, input order) of MRC files; optionally write ``out``
+    (.npy) and the ``.csv`` beside it. ``files``: anything ``list_volume_files`` takes.
+    ``threads``: torch CPU threads during the call (None: leave as is; 0: ``auto_threads``)."""
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or auto_threads())
+        try:
+            return embed_files(files, model_path, voxel_size, device, batch_size, invert_contrast,
+                               out, embedder, progress)
+        finally:
+            torch.set_num_threads(before)
+    files = list_volume_files(files)
+    if batch_size < 1:
+        raise DeepClusterError('--batch-size must be at least 1, got %d' % batch_size)
+    emb = embedder or Embedder.from_file(model_path, pick_device(device))
+    cfg = emb.config
+    sizes, shapes = scan_headers(files, voxel_size)
+    _report_geometry(files, sizes, shapes, cfg)
+    n = len(files)
+    feats = np.empty((n, cfg.get('feature_dim', 32)), np.float32)
+    q, stop = queue.Queue(maxsize=2), threading.Event()
+    th = threading.Thread(target=_reader, args=(files, sizes, cfg, invert_contrast, batch_size, q, stop),
+                          daemon=True)
+    t0 = last = time.perf_counter()
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            a, batch = item
+            feats[a:a + len(batch)] = emb(batch)
+            now = time.perf_counter()
+            done = a + len(batch)
+            if progress and (now - last > 10 or done == n):
+                last = now
+                rate = done / max(now - t0, 1e-9)
+                log.info('embedded %d/%d  %.0f subtomograms/s  ETA %s', done, n, rate,
+                         _fmt_time((n - done) / max(rate, 1e-9)))
+    finally:
+        stop.set()
+        while th.is_alive():   # unblock the reader if it waits on a full queue
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        th.join()
+    if out:
+        write_features(out, feats, files)
+    return feats
+
+
+def _report_geometry(files, sizes, shapes, cfg):
+    distinct = {}
+    for s, v in zip(shapes, sizes):
+        distinct.setdefault((s, round(v, 3)), 0)
+        distinct[(s, round(v, 3))] += 1
+    desc = ', '.join('%d x %s at %g A' % (c, 'x'.join(map(str, s)), v)
+                     for (s, v), c in sorted(distinct.items(), key=lambda kv: -kv[1]))
+    msg = ('%d subtomograms (%s) -> model box %d at %g A/voxel'
+           % (len(files), desc, cfg['box'], cfg['voxel_size']))
+    if len(distinct) > 1:
+        msg += ' (sizes differ: each file is resampled and cropped/padded on its own)'
+    log.info(msg)
+
+
+def features_csv_path(npy_path):
+    base = npy_path[:-4] if npy_path.lower().endswith('.npy') else npy_path
+    return base + '.csv'
+
+
+def write_features(out, feats, files):
+    """``out`` (.npy) and ``<out>.csv`` (row,file), both atomically."""
+    out = os.fspath(out)
+    if not out.lower().endswith('.npy'):
+        raise DeepClusterError('--out %s: expected a .npy file name' % out)
+    with atomic_path(out) as tmp:
+        with open(tmp, 'wb') as f:
+            np.save(f, np.ascontiguousarray(feats, np.float32))
+        with atomic_path(features_csv_path(out)) as tmpc:
+            with open(tmpc, 'w', newline='') as f:
+                w = csv.writer(f)
+                w.writerow(['row', 'file'])
+                for i, p in enumerate(files):
+                    w.writerow([i, p])
+    return out
+
+
+def _fmt_time(s):
+    s = int(round(s))
+    return '%dh%02dm' % (s // 3600, s % 3600 // 60) if s >= 3600 else '%dm%02ds' % (s // 60, s % 60)
+
+
+# ------------------------------------------------------------------------- CLI
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        'embed', help='compute 32-d shape features of subtomograms',
+        description='Compute the 32-d shape feature of each subtomogram with a trained model. '
+                    'Each input is resampled to the model voxel size, centre-cropped/padded to the '
+                    'model box and normalised like the training data (mixed sizes are allowed).')
+    p.add_argument('inputs', nargs='+', metavar='INPUT',
+                   help='.mrc files, folders of .mrc files (sorted by name) or .txt files listing paths')
+    p.add_argument('--out', required=True, help='features .npy (N x 32, input order); a .csv '
+                   'with columns row,file is written beside it')
+    p.add_argument('--model', default=None, help='model file from `deepcluster train` '
+                   '(default: the shipped model)')
+    p.add_argument('--voxel-size', type=float, default=None, metavar='A',
+                   help='voxel size of all inputs in Å (default: from each header)')
+    p.add_argument('--invert-contrast', action='store_true',
+                   help='the data has bright protein on a dark background (the model expects '
+                        'the convention in its config: dark protein, as in raw tomograms)')
+    p.add_argument('--device', default='auto', help="'auto' (GPU if present), 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument('--batch-size', type=int, default=DEFAULT_BATCH)
+    p.add_argument('--threads', type=int, default=0,
+                   help='CPU threads for the network (default 0: one per core but one, which '
+                        'reads and prepares the next batch meanwhile)')
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(args):
+    if args.voxel_size is not None and not args.voxel_size > 0:
+        raise DeepClusterError('--voxel-size must be positive, got %g' % args.voxel_size)
+    if args.threads < 0:
+        raise DeepClusterError('--threads must be 0 (one per core) or more, got %d' % args.threads)
+    t = time.perf_counter()
+    feats = embed_files(args.inputs, model_path=args.model, voxel_size=args.voxel_size,
+                        device=args.device, batch_size=args.batch_size,
+                        invert_contrast=args.invert_contrast, out=args.out, threads=args.threads)
+    log.info('wrote %s (%d x %d) and %s in %.1f s', args.out, feats.shape[0], feats.shape[1],
+             features_csv_path(args.out), time.perf_counter() - t)

@@ -1,0 +1,235 @@
+"""Training: learns, is deterministic, resumes exactly, writes a loadable model."""
+import csv
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from deepcluster.core import DeepClusterError
+from deepcluster.core.cli import main as cli_main
+from deepcluster.core.network import load_model, read_model_file
+from deepcluster.core.train import balanced_labels, parse_args, train
+from deepcluster.core.volumes import write_labels, write_volume
+
+SHAPES = ('ball', 'rod', 'ring')
+
+
+def render(kind, box, voxel_size, rng, noise=0.5, rotation=None, edge=5.0):
+    """A dark (negative) particle of a given kind, randomly oriented, plus Gaussian
+    noise. Shapes are smooth functions of position in Å (soft edges ``edge`` Å wide),
+    so the same particle can be rendered at any voxel size without aliasing."""
+    from scipy.spatial.transform import Rotation
+    c = (box - 1) / 2
+    zyx = (np.mgrid[:box, :box, :box] - c) * voxel_size
+    R = (rotation if rotation is not None else Rotation.random(random_state=rng)).as_matrix()
+    p = np.moveaxis(zyx, 0, -1) @ R.T
+    if kind == 'ball':
+        d, r = np.linalg.norm(p, axis=-1), 45
+    elif kind == 'rod':       # capsule along the first axis
+        d, r = np.hypot(np.clip(np.abs(p[..., 0]) - 55, 0, None), np.hypot(p[..., 1], p[..., 2])), 18
+    elif kind == 'ring':      # torus in the plane of the last two axes
+        d, r = np.hypot(np.hypot(p[..., 1], p[..., 2]) - 45, p[..., 0]), 14
+    else:
+        raise ValueError(kind)
+    v = 1 / (1 + np.exp(np.clip((d - r) / edge, -50, 50)))
+    if noise:
+        v = v - rng.normal(0, noise, v.shape) * v.max()
+    return (-v).astype(np.float32)
+
+
+def make_folder(path, n_per_class=30, box=16, voxel_size=10.0, noise=0.5, seed=0, kinds=SHAPES):
+    """A labelled folder (labels.csv + .mrc files) of clearly different shapes."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(path, exist_ok=True)
+    files, labels = [], []
+    for i in range(n_per_class):
+        for k in kinds:
+            f = '%s_%03d.mrc' % (k, i)
+            write_volume(os.path.join(path, f), render(k, box, voxel_size, rng, noise), voxel_size)
+            files.append(f)
+            labels.append(k)
+    write_labels(os.path.join(path, 'labels.csv'), files, labels)
+    return path
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    return make_folder(str(tmp_path_factory.mktemp('labelled')))
+
+
+def base_args(folder, out, *extra):
+    return ['--data', folder, '--out', out, '--steps', 12, '--batch-size', 12, '--lr', 3e-3,
+            '--val-every', 4, '--checkpoint-every', 4, '--device', 'cpu', '--seed', 3, '--no-plots', *extra]
+
+
+def test_balanced_labels():
+    g = torch.Generator().manual_seed(0)
+    lab = balanced_labels(64, 5, g)
+    counts = np.bincount(lab.numpy(), minlength=5)
+    assert counts.sum() == 64 and counts.max() - counts.min() <= 1
+    assert not torch.equal(lab, balanced_labels(64, 5, torch.Generator().manual_seed(1)))
+
+
+def test_tiny_training_learns(folder, tmp_path):
+    out = str(tmp_path / 'm.pt')
+    train(parse_args(base_args(folder, out, '--steps', 40, '--val-every', 20, '--plots')))
+    blob = torch.load(out, map_location='cpu', weights_only=True)   # the contract
+    cfg = blob['config']
+    assert cfg['class_names'] == sorted(SHAPES)
+    assert cfg['arch'] == 'fast' and cfg['box'] == 16 and cfg['voxel_size'] == 10.0
+    assert cfg['contrast'] == 'dark' and 'unit standard deviation' in cfg['normalisation']
+    card = cfg['training']
+    assert card['source'] == 'labelled folder' and card['n_files'] == 90 and card['seed'] == 3
+    assert card['steps'] == 40 and card['hardware']['device'] == 'cpu' and '--data' in card['command']
+    assert cfg['metrics']['val_acc'] >= 0.85, cfg['metrics']
+    assert np.array(cfg['metrics']['confusion']).sum() == card['n_val']
+    model, cfg2 = load_model(out)
+    assert cfg2 == cfg and not model.training
+    work = str(tmp_path / 'm_train')
+    with open(os.path.join(work, 'train_log.csv')) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ['step', 'loss', 'acc', 'val_loss', 'val_acc', 'lr', 'time']
+    assert [int(r['step']) for r in rows] == [20, 40]
+    assert os.path.isfile(os.path.join(work, 'training_curves.png'))
+    assert os.path.isfile(os.path.join(work, 'confusion.png'))
+    assert not os.path.exists(os.path.join(work, 'checkpoint.pt'))   # removed after success
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _weights(path):
+    return read_model_file(path)[0]
+
+
+def test_resume_after_interrupt_equals_uninterrupted(folder, tmp_path):
+    full = str(tmp_path / 'full.pt')
+    train(parse_args(base_args(folder, full)))
+
+    cut = str(tmp_path / 'cut.pt')
+
+    def stop(step):
+        if step == 7:          # after the checkpoint at step 4, mid-interval
+            raise Interrupt()
+    with pytest.raises(Interrupt):
+        train(parse_args(base_args(folder, cut)), on_step=stop)
+    assert not os.path.exists(cut)
+    assert os.path.isfile(str(tmp_path / 'cut_train' / 'checkpoint.pt'))
+    train(parse_args(base_args(folder, cut, '--resume')))
+
+    a, b = _weights(full), _weights(cut)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la = read_model_file(full)[1]['metrics']
+    lb = read_model_file(cut)[1]['metrics']
+    assert la['val_acc'] == lb['val_acc'] and la['val_loss'] == lb['val_loss']
+
+    def log(p):
+        with open(p) as f:
+            return [{k: v for k, v in r.items() if k != 'time'} for r in csv.DictReader(f)]
+    assert log(str(tmp_path / 'full_train' / 'train_log.csv')) == \
+        log(str(tmp_path / 'cut_train' / 'train_log.csv'))
+
+
+def test_seed_determines_run(folder, tmp_path):
+    a, b, c = (str(tmp_path / n) for n in ('a.pt', 'b.pt', 'c.pt'))
+    train(parse_args(base_args(folder, a, '--steps', 3, '--checkpoint-every', 0)))
+    train(parse_args(base_args(folder, b, '--steps', 3, '--checkpoint-every', 0)))
+    train(parse_args(base_args(folder, c, '--steps', 3, '--checkpoint-every', 0, '--seed', 4)))
+    wa, wb, wc = _weights(a), _weights(b), _weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_streamed_equals_in_memory(folder, tmp_path):
+    """Data too big for --max-memory-gb is read per batch (prefetched): same training."""
+    a, b = str(tmp_path / 'mem.pt'), str(tmp_path / 'stream.pt')
+    train(parse_args(base_args(folder, a, '--steps', 4, '--checkpoint-every', 0)))
+    train(parse_args(base_args(folder, b, '--steps', 4, '--checkpoint-every', 0, '--max-memory-gb', 0)))
+    assert read_model_file(b)[1]['training']['in_memory'] is False
+    wa, wb = _weights(a), _weights(b)
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5), k
+
+
+def test_resume_with_other_settings_is_refused(folder, tmp_path):
+    out = str(tmp_path / 'r.pt')
+    with pytest.raises(Interrupt):
+        train(parse_args(base_args(folder, out)), on_step=lambda s: (_ for _ in ()).throw(Interrupt())
+              if s == 5 else None)
+    with pytest.raises(DeepClusterError, match='different settings.*lr'):
+        train(parse_args(base_args(folder, out, '--resume', '--lr', 1e-3)))
+
+
+def test_deepfinder_arch_trains(folder, tmp_path):
+    out = str(tmp_path / 'df.pt')
+    train(parse_args(base_args(folder, out, '--arch', 'deepfinder', '--steps', 2, '--val-every', 2,
+                               '--checkpoint-every', 0)))
+    model, cfg = load_model(out)
+    assert cfg['arch'] == 'deepfinder'
+    assert model.features(torch.zeros(2, 16, 16, 16)).shape == (2, 32)
+
+
+def test_cli_train_and_bad_inputs(folder, tmp_path, capsys):
+    out = str(tmp_path / 'cli.pt')
+    assert cli_main(['train', *map(str, base_args(folder, out, '--steps', 2, '--val-every', 1))]) == 0
+    assert os.path.isfile(out)
+    noval = str(tmp_path / 'noval.pt')       # no validation split: the last weights are kept
+    train(parse_args(base_args(folder, noval, '--steps', 2, '--val-fraction', 0)))
+    card = read_model_file(noval)[1]
+    assert card['training']['n_val'] == 0 and card['metrics']['kept_step'] == 2
+
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    write_labels(str(bad / 'labels.csv'), ['missing.mrc'], ['x'])
+    with pytest.raises(SystemExit) as e:
+        cli_main(['train', '--data', str(bad), '--out', str(tmp_path / 'x.pt'), '--steps', '1'])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'missing.mrc' in err and 'does not exist' in err
+
+    one = make_folder(str(tmp_path / 'one'), n_per_class=2, kinds=('ball',))
+    with pytest.raises(DeepClusterError, match='at least 2 classes'):
+        train(parse_args(['--data', one, '--out', str(tmp_path / 'y.pt'), '--steps', 1]))
+    with pytest.raises(DeepClusterError, match='no training data'):
+        train(parse_args(['--out', str(tmp_path / 'z.pt'), '--steps', 1]))
+    assert not any(p.endswith('.pt') for p in os.listdir(tmp_path) if p in ('x.pt', 'y.pt', 'z.pt'))
+
+
+def sim_args(out, *extra):
+    return ['--procedural', 2, '--box', 16, '--voxel-size', 20, '--out', out, '--steps', 6,
+            '--batch-size', 6, '--val-per-class', 2, '--val-every', 3, '--checkpoint-every', 3,
+            '--lr', 1e-3, '--device', 'cpu', '--seed', 5, '--no-plots', *extra]
+
+
+def test_on_the_fly_simulation_resumes_exactly(tmp_path):
+    full, cut = str(tmp_path / 'full.pt'), str(tmp_path / 'cut.pt')
+    assert cli_main(['train', *map(str, sim_args(full))]) == 0
+
+    def stop(step):
+        if step == 4:
+            raise Interrupt()
+    with pytest.raises(Interrupt):
+        train(parse_args(sim_args(cut)), on_step=stop)
+    train(parse_args(sim_args(cut, '--resume')))
+    a, b = _weights(full), _weights(cut)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    cfg = read_model_file(full)[1]
+    assert cfg['class_names'] == ['proc00', 'proc01', 'negative']
+    assert cfg['box'] == 16 and cfg['voxel_size'] == 20.0 and cfg['contrast'] == 'dark'
+    card = cfg['training']
+    assert card['source'] == 'simulated on the fly' and card['procedural'] == 2
+    assert card['simulation']['box'] == 16 and card['n_val'] == 6 and card['negative_class'] is True
+    assert set(card['templates']) == {'proc00', 'proc01'}
+
+
+def test_simulation_flag_errors(tmp_path):
+    with pytest.raises(DeepClusterError, match='--embedded nope'):
+        train(parse_args(['--structures', make_folder(str(tmp_path / 'f'), n_per_class=1, box=16) + '/ball_000.mrc',
+                          '--embedded', 'nope', '--box', 16, '--out', str(tmp_path / 'x.pt')]))
+    with pytest.raises(DeepClusterError, match='not both'):
+        parse_args(['--data', str(tmp_path), '--procedural', 2, '--out', str(tmp_path / 'x.pt')])
