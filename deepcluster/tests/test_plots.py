@@ -1,0 +1,196 @@
+"""Every figure renders headlessly to a PNG and says what it should (labels, legends, values)."""
+import os
+
+import numpy as np
+import pytest
+
+from deepcluster.core import DeepClusterError, plots
+
+
+def is_png(path):
+    with open(path, 'rb') as f:
+        head = f.read(8)
+    return head == b'\x89PNG\r\n\x1a\n' and os.path.getsize(path) > 2000
+
+
+def legend_texts(ax):
+    leg = ax.get_legend()
+    return [t.get_text() for t in leg.get_texts()] if leg else []
+
+
+def ticks(ax, axis='x'):
+    labels = ax.get_xticklabels() if axis == 'x' else ax.get_yticklabels()
+    return [t.get_text() for t in labels]
+
+
+LOG = """step,loss,acc,val_loss,val_acc,lr,time
+1,2.5,0.10,,,0.001,0.1
+2,2.0,0.30,,,0.001,0.2
+3,1.5,0.50,1.6,0.45,0.0005,0.3
+4,1.0,0.70,,,0.0005,0.4
+5,0.8,0.80,0.9,0.75,0.0001,0.5
+6,0.7"""
+
+
+def test_training_curves(tmp_path):
+    log = tmp_path / 'log.csv'
+    log.write_text(LOG)    # last line half-written, as while training still runs
+    png = tmp_path / 'curves.png'
+    fig = plots.plot_training_curves(png, log)
+    assert is_png(png)
+    loss_ax, acc_ax, lr_ax = fig.axes
+    assert legend_texts(loss_ax) == ['train', 'validation']
+    assert legend_texts(acc_ax) == ['train', 'validation']
+    assert (loss_ax.get_xlabel(), loss_ax.get_ylabel()) == ('step', 'loss')
+    assert acc_ax.get_ylabel() == 'accuracy' and lr_ax.get_ylabel() == 'learning rate'
+    # validation drawn only where present: steps 3 and 5
+    val = loss_ax.get_lines()[1]
+    assert list(val.get_xdata()) == [3, 5] and list(val.get_ydata()) == [1.6, 0.9]
+    train = loss_ax.get_lines()[0]
+    assert list(train.get_xdata()) == [1, 2, 3, 4, 5, 6]
+
+
+def test_training_curves_without_validation_or_lr(tmp_path):
+    log = tmp_path / 'log.csv'
+    log.write_text('step,loss,acc\n1,1.0,0.5\n2,0.5,0.7\n')
+    fig = plots.plot_training_curves(tmp_path / 'c.png', log)
+    assert len(fig.axes) == 2 and legend_texts(fig.axes[0]) == ['train']
+
+
+@pytest.mark.parametrize('content,match', [(None, 'no such training log'),
+                                           ('a,b\n1,2\n', 'expected a CSV with columns'),
+                                           ('step,loss\n', 'no rows')])
+def test_training_curves_bad_log(tmp_path, content, match):
+    log = tmp_path / 'log.csv'
+    if content is not None:
+        log.write_text(content)
+    with pytest.raises(DeepClusterError, match=match):
+        plots.plot_training_curves(tmp_path / 'c.png', log)
+    assert not (tmp_path / 'c.png').exists()
+
+
+def test_confusion_percentages(tmp_path):
+    png = tmp_path / 'cm.png'
+    fig = plots.plot_confusion(png, [[5, 1], [0, 4]], ['ribosome', 'proteasome'], title='T')
+    assert is_png(png)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ['83.3', '16.7', '0', '100']
+    assert ticks(ax, 'x') == ['ribosome', 'proteasome'] == ticks(ax, 'y')
+    assert ax.get_title() == 'T' and ax.get_ylabel() == 'true class'
+    fig = plots.plot_confusion(tmp_path / 'raw.png', [[5, 1], [0, 4]], ['a', 'b'], normalise=False)
+    assert [t.get_text() for t in fig.axes[0].texts] == ['5', '1', '0', '4']
+
+
+def test_confusion_shape_mismatch(tmp_path):
+    with pytest.raises(DeepClusterError, match='does not match'):
+        plots.plot_confusion(tmp_path / 'x.png', np.eye(3), ['a', 'b'])
+
+
+def test_contingency_rows_are_classes_in_percent(tmp_path):
+    truth = ['neg'] * 4 + ['ribo'] * 4
+    pred = [1, 1, 1, 1, 2, 2, 2, 3]
+    fig = plots.plot_contingency(tmp_path / 'ct.png', truth, pred)
+    assert is_png(tmp_path / 'ct.png')
+    ax = fig.axes[0]
+    assert ticks(ax, 'x') == ['#1', '#2', '#3'] and ticks(ax, 'y') == ['neg', 'ribo']
+    assert [t.get_text() for t in ax.texts] == ['100', '0', '0', '0', '75.0', '25.0']
+    m, classes, clusters = plots.contingency_table(truth, pred)
+    assert m.tolist() == [[4, 0, 0], [0, 3, 1]] and clusters == [1, 2, 3]
+
+
+def test_embedding_two_panels_with_legends(tmp_path):
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.normal(0, 1, (30, 32)), rng.normal(6, 1, (30, 32))].astype(np.float32)
+    labels = np.r_[np.full(30, 1), np.full(30, 2)]
+    truth = np.array(['ribosome'] * 30 + ['rubisco'] * 30)
+    png = tmp_path / 'emb.png'
+    fig = plots.plot_embedding(png, X, labels, truth=truth, seed=0)
+    assert is_png(png)
+    a, b = fig.axes
+    assert legend_texts(a) == ['1', '2'] and legend_texts(b) == ['ribosome', 'rubisco']
+    assert a.get_legend().get_title().get_text() == 'cluster'
+    assert b.get_legend().get_title().get_text() == 'true class'
+    assert fig._suptitle.get_text() == 't-SNE of 60 points'
+
+
+def test_embedding_subsamples_and_says_so(tmp_path):
+    X = np.random.default_rng(1).normal(size=(80, 32)).astype(np.float32)
+    fig = plots.plot_embedding(tmp_path / 'e.png', X, np.arange(80) % 3, method='pca',
+                               max_points=50)
+    assert fig._suptitle.get_text() == 'PCA of 50 random of 80 points'
+    assert len(fig.axes) == 1 and legend_texts(fig.axes[0]) == ['0', '1', '2']
+    with pytest.raises(DeepClusterError, match='80 feature rows but 79 labels'):
+        plots.plot_embedding(tmp_path / 'e.png', X, np.arange(79))
+
+
+SWEEP = [{'k': k, 'v_measure': v, 'homogeneity': h, 'completeness': c, 'ari': v}
+         for k, v, h, c in ((2, 0.6, 0.45, 0.9), (3, 0.95, 0.94, 0.96), (4, 0.8, 0.9, 0.72))]
+
+
+def test_metrics_vs_k(tmp_path):
+    fig = plots.plot_metrics_vs_k(tmp_path / 'm.png', SWEEP, true_k=3)
+    assert is_png(tmp_path / 'm.png')
+    ax = fig.axes[0]
+    assert legend_texts(ax) == ['V-measure', 'homogeneity', 'completeness', 'adjusted Rand index',
+                                'true number of classes']
+    assert ax.get_xlabel() == 'number of clusters k'
+    assert [t.get_text() for t in ax.texts] == ['best V=0.95 at k=3']
+    # a dict of lists works too
+    cols = {key: [r[key] for r in SWEEP] for key in ('k', 'v_measure', 'homogeneity', 'completeness')}
+    fig = plots.plot_metrics_vs_k(tmp_path / 'm2.png', cols)
+    assert len(fig.axes[0].get_lines()) == 3
+
+
+def test_k_selection(tmp_path):
+    curve = {'method': 'silhouette', 'k': [2, 3, 4], 'chosen': 3,
+             'scores': {'silhouette': [0.3, 0.7, 0.5], 'bic': [10.0, 5.0, 7.0]},
+             'better': {'silhouette': 'max', 'bic': 'min'}}
+    fig = plots.plot_k_selection(tmp_path / 'k.png', curve)
+    assert is_png(tmp_path / 'k.png')
+    a, b = fig.axes
+    assert a.get_title() == 'silhouette (higher is better)  [decides]'
+    assert b.get_title() == 'bic (lower is better)'
+    assert legend_texts(a) == ['chosen k = 3']
+    assert fig._suptitle.get_text() == 'Choice of k (silhouette): k = 3'
+
+
+def test_cluster_sizes(tmp_path):
+    fig = plots.plot_cluster_sizes(tmp_path / 's.png', [2, 1, 1, 3, 1, 2])
+    assert is_png(tmp_path / 's.png')
+    ax = fig.axes[0]
+    assert ticks(ax) == ['1', '2', '3']
+    assert [p.get_height() for p in ax.patches] == [3, 2, 1]
+    assert ax.get_title() == 'Cluster sizes (6 items, 3 clusters)'
+
+
+def test_gallery_rows_are_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    gallery = {'ribosome': [rng.normal(size=(16, 16)) for _ in range(3)],
+               'proteasome': [rng.normal(size=(8, 16, 16))]}    # 3-D: central slice
+    fig = plots.plot_gallery(tmp_path / 'g.png', gallery, max_per_class=2)
+    assert is_png(tmp_path / 'g.png')
+    assert len(fig.axes) == 4     # 2 rows x 2 columns
+    assert [fig.axes[0].get_ylabel(), fig.axes[2].get_ylabel()] == ['ribosome\n(3)', 'proteasome\n(1)']
+    assert len(fig.axes[1].images) == 1 and len(fig.axes[3].images) == 0
+    with pytest.raises(DeepClusterError, match='no classes'):
+        plots.plot_gallery(tmp_path / 'g.png', {})
+
+
+def test_cluster_report(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 32)).astype(np.float32)
+    labels = np.arange(40) % 2 + 1
+    curve = {'method': 'silhouette', 'k': [2, 3], 'chosen': 2, 'scores': {'silhouette': [0.5, 0.2]}}
+    paths = plots.write_cluster_report(tmp_path / 'rep', X, labels, truth=np.array(['a', 'b'] * 20),
+                                       sweep=SWEEP, curve=curve,
+                                       gallery={'1': [np.ones((4, 4))]}, embedding='pca')
+    assert [os.path.basename(p) for p in paths] == [
+        'embedding.png', 'cluster_sizes.png', 'contingency.png', 'metrics_vs_k.png',
+        'k_selection.png', 'gallery.png']
+    assert all(is_png(p) for p in paths)
+    assert sorted(os.listdir(tmp_path / 'rep')) == sorted(os.path.basename(p) for p in paths)
+
+
+def test_png_name_required(tmp_path):
+    with pytest.raises(DeepClusterError, match='must end in .png'):
+        plots.plot_cluster_sizes(tmp_path / 's.jpg', [1, 2])
