@@ -8,6 +8,9 @@ from .constants import DEEPCLUSTER_DEVICE
 
 
 class Plugin(pwem.Plugin):
+    # pyworkflow locates a plugin's package (path, version, devel mode) through the
+    # module of its Plugin class: that is the package root, where this is exposed.
+    __module__ = 'deepcluster'
     _homeVar = None
     _pathVars = []
     _url = 'https://github.com/scipion-em/scipion-em-deepcluster'

@@ -11,8 +11,10 @@ import sys
 
 from . import DeepClusterError
 
-# command modules, in the order --help lists them
-COMMAND_MODULES = ['simulate', 'train', 'embed', 'cluster', 'demo']
+# command modules, in the order --help lists them. The demo runs a Scipion project,
+# so it lives outside core (it imports pyworkflow only when it runs).
+COMMAND_MODULES = ['deepcluster.core.simulate', 'deepcluster.core.train', 'deepcluster.core.embed',
+                   'deepcluster.core.cluster', 'deepcluster.demo']
 
 
 def build_parser():
@@ -25,13 +27,7 @@ def build_parser():
     parser.add_argument('-q', '--quiet', action='store_true', help='only print warnings and errors')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module('deepcluster.core.' + name)
-        except ModuleNotFoundError as e:
-            if e.name == 'deepcluster.core.' + name:
-                continue  # command not built in this version
-            raise
-        module.add_parser(sub)
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 

@@ -716,10 +716,32 @@ def run(args):
             t_all = np.array([t if t is not None else '(no label)' for t in truth])
         summary['plots'] = plots.write_cluster_report(
             args.plots, X, labels + 1, truth=t_all, sweep=sweep, curve=curve, seed=args.seed,
+            gallery=_gallery(files, labels, dist),
             embedding=args.embedding, true_k=len(set(t_sel.tolist())) if truth is not None else None)
     js = write_cluster_outputs(args.out, files, labels, dist, summary)
     log.info('wrote %s and %s (%d clusters, sizes %s)', args.out, js, info['k'], info['sizes'])
     return summary
+
+
+def _gallery(files, labels, dist, per_class=6):
+    """{'class N (size)': central slices of its members nearest the centroid}, for
+    the members whose volume files exist (rows may name other things)."""
+    from .plots import central_slice
+    from .volumes import read_volume
+    out = {}
+    for c in sorted(set(labels.tolist()) - {-1}):
+        idx = np.nonzero(labels == c)[0]
+        idx = idx[np.argsort(dist[idx])][:per_class]
+        slices = []
+        for i in idx:
+            if os.path.isfile(files[i]):
+                try:
+                    slices.append(central_slice(read_volume(files[i], check_finite=False)[0]))
+                except DeepClusterError:
+                    continue
+        if slices:
+            out['class %d: %d items' % (c + 1, int((labels == c).sum()))] = slices
+    return out or None
 
 
 def _k_arg(s):

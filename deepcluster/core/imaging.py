@@ -153,6 +153,8 @@ class ImagingModel:
         self.chi0 = (-0.5 * math.pi * cfg.cs_mm * 1e7 * lam ** 3 * k2 ** 2
                      + math.asin(cfg.amplitude_contrast)).float().to(dev)
         self.k2_4 = (k2 / 4).float().to(dev)
+        # largest |k| component (cycles/box): Fourier resampling crops a cube
+        self.kcube = torch.maximum(torch.maximum(g.kz.abs(), g.ky.abs()), g.kx.abs()).float().to(dev)
         self.logk = torch.log(g.kidx.clamp_min(1.0) / (n / 2.0)).float().to(dev)
         self.weight = g.weight.float().to(dev)
         self.weight2 = self.weight.repeat_interleave(2)        # for view_as_real spectra
@@ -179,6 +181,10 @@ class ImagingModel:
             bfactor=u(b, lo=c.bfactor[0], hi=c.bfactor[1]),
             snr=torch.exp(u(b, lo=math.log(c.snr[0]), hi=math.log(c.snr[1]))),
             alpha=u(b, lo=c.noise_exponent[0], hi=c.noise_exponent[1]),
+            # cutoff (cycles/box) of data resampled from a coarser voxel size; > n/2 = none
+            band=torch.where(u(b) < c.bandlimit_probability,
+                             n * c.voxel_size / (2 * u(b, lo=c.bandlimit_voxel[0], hi=c.bandlimit_voxel[1])),
+                             torch.full((b,), float(n), device=dev)),
             ice=u(b, lo=c.ice_amplitude[0], hi=c.ice_amplitude[1]),
             ice_z=torch.randn(b, self.ice_idx.numel(), generator=generator, device=dev, dtype=torch.complex64),
             noise=torch.randn(b, n, n, n // 2 + 1, generator=generator, device=dev, dtype=torch.complex64))
@@ -190,14 +196,17 @@ class ImagingModel:
         Returns real volumes (B, n, n, n) [, clean volumes in the same units]."""
         b, n = spec.shape[0], self.n
         s = p['scheme']
-        spec[:, self.ice_idx] += p['ice_z'] * self.ice_col * p['ice'].unsqueeze(1)
+        ice = torch.zeros_like(spec)
+        ice[:, self.ice_idx] = p['ice_z'] * self.ice_col * p['ice'].unsqueeze(1)
+        spec += hermitian_planes(ice.view(b, n, n, n // 2 + 1), n).view(b, -1)   # a real field
         ctf = torch.addcmul(self.chi0, self.chi1, torch.gather(p['defocus'], 1, self.tilt[s])).sin_()
         ctf = torch.where(p['flip'].unsqueeze(1), ctf.abs(), ctf)
         env = torch.addcmul(p['bfactor'].unsqueeze(1) * self.k2_4, p['dose'].unsqueeze(1), self.doseq[s])
-        h = env.neg_().exp_().mul_(ctf).mul_(self.wedge_signed[s])
+        band = (self.kcube <= p['band'].unsqueeze(1)).float()
+        h = env.neg_().exp_().mul_(ctf).mul_(self.wedge_signed[s]).mul_(band)
         var_p = self.variance(pspec * h) * ref_scale
         noise = hermitian_planes(p['noise'], n).reshape(b, -1)
-        colour = torch.mul(p['alpha'].unsqueeze(1), self.logk).exp_().mul_(self.wedge_nodc[s])
+        colour = torch.mul(p['alpha'].unsqueeze(1), self.logk).exp_().mul_(self.wedge_nodc[s]).mul_(band)
         noise = noise * colour
         gain = torch.sqrt(var_p / (p['snr'] * self.variance(noise).clamp_min(1e-30)))
         clean = spec * h

@@ -77,6 +77,8 @@ class SimulationConfig:
     noise_exponent: tuple = (-0.5, 1.0)     # noise amplitude ~ |k|^alpha
     max_shift: float = 1.0                  # voxels, uniform per axis (picking error)
     voxel_jitter: float = 0.04              # relative scale jitter (data resampled from other voxel sizes)
+    bandlimit_probability: float = 0.5      # data acquired at a coarser voxel size, then resampled:
+    bandlimit_voxel: tuple = (10.0, 20.0)   # its spectrum (signal and noise) stops at that Nyquist
     crowding_probability: float = 0.5
     max_neighbours: int = 3
     neighbour_gap: tuple = (0.0, 80.0)      # surface-to-surface
@@ -115,8 +117,10 @@ class SimulationConfig:
             bad('snr %s: must be positive' % (self.snr,))
         if self.membrane_radius[0] <= 0:
             bad('membrane_radius %s: must be positive' % (self.membrane_radius,))
+        if len(self.bandlimit_voxel) != 2 or not 0 < self.bandlimit_voxel[0] <= self.bandlimit_voxel[1]:
+            bad('bandlimit_voxel %s: expected a positive range (low, high)' % (self.bandlimit_voxel,))
         for name in ('phase_flip_probability', 'crowding_probability', 'membrane_probability',
-                     'bead_probability'):
+                     'bead_probability', 'bandlimit_probability'):
             if not 0 <= getattr(self, name) <= 1:
                 bad('%s %s: must be within 0..1' % (name, getattr(self, name)))
         if self.contrast not in ('dark', 'bright'):

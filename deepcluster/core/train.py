@@ -285,7 +285,7 @@ def fingerprint(args):
     keys = ['data', 'structures', 'procedural', 'membrane_bound', 'embedded', 'negative', 'box', 'voxel_size',
             'snr', 'tilt_range', 'arch', 'widths', 'batch_size', 'lr', 'beta1', 'beta2', 'weight_decay',
             'seed', 'val_fraction', 'val_per_class', 'augment', 'label_smoothing', 'clip_grad',
-            'schedule', 'warmup_steps', 'sim_chunk', 'invert_contrast', 'data_voxel_size']
+            'schedule', 'warmup_steps', 'sim_chunk', 'invert_contrast', 'data_voxel_size', 'init']
     return plain({k: getattr(args, k, None) for k in keys})
 
 
@@ -314,7 +314,10 @@ def train(args, on_step=None):
         if args.arch != 'fast' or len(args.widths) != 5:
             raise DeepClusterError('--widths: 5 channel counts, for --arch fast only')
         cfg['arch_params']['widths'] = list(args.widths)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    if args.init:
+        args.init_card = _init_from(model, cfg, args.init)
+    model = model.to(device)
     if device.type == 'cuda':
         model = model.to(memory_format=torch.channels_last_3d)
         torch.backends.cudnn.benchmark = True
@@ -429,6 +432,27 @@ def train(args, on_step=None):
     return args.out
 
 
+def _init_from(model, cfg, path):
+    """Fine-tuning: start from a model file's weights. The architecture must match;
+    the classification layer is kept only when the classes are the same."""
+    from .network import read_model_file
+    state, init_cfg = read_model_file(path)
+    if (init_cfg.get('arch'), init_cfg.get('arch_params')) != (cfg['arch'], cfg['arch_params']):
+        raise DeepClusterError('--init %s: architecture %s %s differs from this run\'s %s %s'
+                               % (path, init_cfg.get('arch'), init_cfg.get('arch_params'),
+                                  cfg['arch'], cfg['arch_params']))
+    same_classes = list(init_cfg.get('class_names', [])) == list(cfg['class_names'])
+    if not same_classes:
+        state = {k: v for k, v in state.items() if not k.startswith('head.')}
+    model.load_state_dict(state, strict=False)
+    log.info('initialised from %s (%s)', path, 'all layers' if same_classes else
+             'encoder only: new classes, new classification layer')
+    card = init_cfg.get('training', {})
+    return {'path': os.path.basename(path), 'layers': 'all' if same_classes else 'encoder',
+            **{k: card.get(k) for k in ('command', 'steps', 'batch_size', 'samples_seen', 'seconds',
+                                        'hardware', 'optimizer', 'started', 'init')}}
+
+
 def _merge(acc, run_loss, run_correct):
     """Fold the on-device running sums into the plain [loss sum, correct, count]."""
     out = [acc[0] + float(run_loss), acc[1] + int(run_correct), acc[2]]
@@ -485,7 +509,8 @@ def _card(args, data, device, total_time, t_start):
                                'label_smoothing': args.label_smoothing},
                  'class_balanced_batches': True, 'started': time.strftime('%Y-%m-%d %H:%M:%S',
                                                                           time.localtime(t_start)),
-                 'seconds': round(total_time, 1), 'hardware': hw})
+                 'seconds': round(total_time, 1), 'hardware': hw,
+                 'init': getattr(args, 'init_card', None)})
     return card
 
 
@@ -533,6 +558,8 @@ def add_parser(subparsers):
                    help="'fast' (default, designed for throughput) or 'deepfinder' (the paper's)")
     m.add_argument('--widths', type=int, nargs=5, default=None, metavar='C',
                    help='fast: channels of its 5 convolutions (default 8 16 32 64 64)')
+    m.add_argument('--init', metavar='MODEL.pt', default=None,
+                   help='start from this model\'s weights (fine-tuning; same architecture)')
     m.add_argument('--steps', type=int, default=2000)
     m.add_argument('--batch-size', type=int, default=64)
     m.add_argument('--lr', type=float, default=1e-4)

@@ -276,3 +276,21 @@ def test_features_csv_rows_in_any_order(tmp_path):
     (tmp_path / 'features.csv').write_text('row,file\n0,a.mrc\n0,b.mrc\n1,c.mrc\n')
     with pytest.raises(DeepClusterError, match='rows must be numbered 0..2 once each'):
         cluster.load_features(str(tmp_path / 'features.npy'))
+
+
+def test_cli_gallery_shows_members_nearest_each_centroid(tmp_path, capsys):
+    from deepcluster.core.volumes import write_volume
+    X, y = blobs(30, 2, seed=3)
+    npy, files = write_features(tmp_path / 'emb', X)
+    for f, c in zip(files, y):
+        vol = np.zeros((8, 8, 8), np.float32)
+        vol[4, 2:6, 2:6] = 1.0 if c == 0 else -1.0
+        write_volume(f, vol, 10.0)
+    status, err = run_cli(['-q', 'cluster', npy, '--k', '2', '--out', str(tmp_path / 'l.csv'),
+                           '--plots', str(tmp_path / 'plots'), '--embedding', 'pca'], capsys)
+    assert status == 0, err
+    assert (tmp_path / 'plots' / 'gallery.png').stat().st_size > 1000
+    gallery = cluster._gallery(files, np.asarray(y), np.zeros(len(y)), per_class=3)
+    assert sorted(gallery) == ['class 1: %d items' % (y == 0).sum(), 'class 2: %d items' % (y == 1).sum()]
+    assert all(len(v) == 3 and v[0].shape == (8, 8) for v in gallery.values())
+    assert gallery['class 1: %d items' % (y == 0).sum()][0].max() == 1.0

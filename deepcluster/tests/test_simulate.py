@@ -91,6 +91,19 @@ def test_missing_wedge_is_empty_of_signal_and_noise(templates):
     assert power[:, inside].mean() > 0.1 * power[:, 1:].mean()      # the rest is not empty
 
 
+def test_bandlimit_mimics_data_resampled_from_a_coarser_voxel_size(templates):
+    cfg = SimulationConfig(box=BOX, bandlimit_probability=1.0, bandlimit_voxel=(20.0, 20.0))
+    x = Simulator(templates, cfg).batch(torch.arange(6) % 4, gen(5)).double()
+    power = torch.fft.fftn(x, dim=(1, 2, 3)).abs() ** 2
+    f = torch.fft.fftfreq(BOX, d=1.0 / BOX).double().abs()
+    kz, ky, kx = torch.meshgrid(f, f, f, indexing='ij')
+    beyond = torch.maximum(torch.maximum(kz, ky), kx) > BOX * 10.0 / (2 * 20.0) + 1e-6
+    assert power[:, beyond].sum() < 1e-9 * power.sum()
+    full = Simulator(templates, SimulationConfig(box=BOX, bandlimit_probability=0.0)).batch(
+        torch.arange(6) % 4, gen(5)).double()
+    assert (torch.fft.fftn(full, dim=(1, 2, 3)).abs() ** 2)[:, beyond].sum() > 0.2 * power.sum()
+
+
 @pytest.mark.parametrize('reference', ['particle', 'box'])
 def test_measured_snr_matches_requested(templates, reference):
     snr = 0.3

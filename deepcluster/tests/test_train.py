@@ -233,3 +233,26 @@ def test_simulation_flag_errors(tmp_path):
                           '--embedded', 'nope', '--box', 16, '--out', str(tmp_path / 'x.pt')]))
     with pytest.raises(DeepClusterError, match='not both'):
         parse_args(['--data', str(tmp_path), '--procedural', 2, '--out', str(tmp_path / 'x.pt')])
+
+
+def test_init_fine_tunes_from_a_model(folder, tmp_path):
+    first = str(tmp_path / 'first.pt')
+    train(parse_args(base_args(folder, first, '--steps', 30)))
+    acc_first = read_model_file(first)[1]['metrics']['val_acc']
+    # same classes: every layer starts from the model, so one step keeps its accuracy
+    tuned = str(tmp_path / 'tuned.pt')
+    train(parse_args(base_args(folder, tuned, '--init', first, '--steps', 1, '--lr', 1e-6, '--val-every', 1)))
+    assert read_model_file(tuned)[1]['metrics']['val_acc'] >= acc_first - 0.1
+    enc = {k: v for k, v in _weights(first).items() if k.startswith('encoder.')}
+    # other classes: the encoder is reused, the classification layer is new
+    two = str(tmp_path / 'two')
+    make_folder(two, n_per_class=6, kinds=('ball', 'rod'))
+    other = str(tmp_path / 'other.pt')
+    train(parse_args(base_args(two, other, '--init', first, '--steps', 1, '--lr', 1e-9, '--val-every', 1)))
+    w = _weights(other)
+    assert w['head.weight'].shape[0] == 2
+    for k, v in enc.items():
+        if v.is_floating_point() and 'running' not in k:
+            assert torch.allclose(w[k], v, atol=1e-5), k
+    with pytest.raises(DeepClusterError, match='architecture'):
+        train(parse_args(base_args(folder, str(tmp_path / 'x.pt'), '--init', first, '--widths', 4, 8, 8, 8, 8)))

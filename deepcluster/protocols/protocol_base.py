@@ -1,0 +1,185 @@
+"""Shared plumbing of the deepcluster protocols: running the CLI, moving
+subtomograms between Scipion sets and files, GPU and model parameters."""
+import csv
+import os
+import re
+
+import numpy as np
+import pyworkflow.protocol.params as params
+import pyworkflow.utils as pwutils
+from pwem.protocols import EMProtocol
+from tomo.protocols import ProtTomoBase
+
+from .. import Plugin
+from ..constants import FEATURE_ATTR, LABEL_ATTR
+
+MRC_EXTS = ('.mrc', '.map', '.rec', '.mrcs', '.st', '.ali')
+
+
+class ProtDeepClusterBase(EMProtocol, ProtTomoBase):
+    """Base of all deepcluster protocols (not shown in the GUI)."""
+    _label = None
+
+    # ------------------------------------------------------------- form pieces
+    @staticmethod
+    def _defineGpuParams(form):
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
+                       label='Use GPU for execution',
+                       help='Uses a CUDA GPU when torch sees one; otherwise the job '
+                            'runs on the CPU (with a warning in the log).')
+        form.addHidden(params.GPU_LIST, params.StringParam, default='0',
+                       label='Choose GPU IDs', help='GPU ids, e.g. "0" or "0 1".')
+
+    @staticmethod
+    def _defineModelParam(form):
+        form.addParam('inputModel', params.PointerParam, pointerClass='DeepClusterModel',
+                      allowsNull=True, label='Trained model (optional)',
+                      help='A model from "deepcluster - train". Empty: the pretrained model '
+                           'shipped with the plugin (trained on synthetic data from 13 SHREC '
+                           'structures, membrane-bound variants and procedural shapes).')
+
+    # ------------------------------------------------------------- running
+    def _deviceArgs(self):
+        return ['--device', 'cuda' if self.usesGpu() else 'cpu']
+
+    def _cliEnv(self):
+        env = pwutils.Environ(os.environ)
+        if self.usesGpu():
+            env['CUDA_VISIBLE_DEVICES'] = ','.join(str(g) for g in self.getGpuList())
+        env.setdefault('PYTHONUNBUFFERED', '1')
+        return env
+
+    def runDeepCluster(self, command, args):
+        """Run ``python -m deepcluster COMMAND ARGS`` through runJob (logs, queues)."""
+        python, module = Plugin.getProgram()
+        quoted = ' '.join(_quote(str(a)) for a in args)
+        self.runJob(python, '%s %s %s' % (module, command, quoted),
+                    env=self._cliEnv(), numberOfMpi=1)
+
+    def _modelArgs(self):
+        if self.hasAttribute('inputModel') and self.inputModel.hasValue():
+            return ['--model', self.inputModel.get().getFileName()]
+        return []
+
+    # ------------------------------------------------------------- data in/out
+    def writeSubtomogramList(self, subtomos, listFn):
+        """Write the volume files of ``subtomos`` (in set order) to a .txt list.
+
+        Items inside multi-volume stacks are copied out to tmp/ as single MRCs;
+        input files are never modified. Returns the list of item ids in order."""
+        ids, paths = [], []
+        for item in subtomos.iterItems(orderBy='id'):
+            index, fn = item.getLocation()
+            fn = fn.split(':')[0]
+            if not fn.lower().endswith(MRC_EXTS):
+                raise ValueError('%s: only MRC subtomograms are supported; convert this '
+                                 'set to .mrc first' % fn)
+            if index and index > 1 or fn.lower().endswith('.mrcs'):
+                fn = self._extractFromStack(fn, index or 1, item.getObjId())
+            ids.append(item.getObjId())
+            paths.append(os.path.abspath(fn))
+        with open(listFn, 'w') as f:
+            f.write('\n'.join(paths) + '\n')
+        return ids, paths
+
+    def _extractFromStack(self, fn, index, objId):
+        import mrcfile
+        with mrcfile.mmap(fn, mode='r', permissive=True) as mrc:
+            data = np.asarray(mrc.data)
+            vol = data[index - 1] if data.ndim == 4 else data
+            vs = float(mrc.voxel_size.x)
+        out = self._getTmpPath('subtomo_%06d.mrc' % objId)
+        with mrcfile.new(out, overwrite=True) as m:
+            m.set_data(np.ascontiguousarray(vol, dtype=np.float32))
+            m.voxel_size = vs
+        return out
+
+    @staticmethod
+    def writeTruthCsv(subtomos, paths, csvFn):
+        """labels.csv (file,label) from the items' ground-truth label, if all have one."""
+        # (iterItems reuses one item object: read the values inside the loop)
+        labels = [getattr(item, LABEL_ATTR).get() if hasattr(item, LABEL_ATTR) else None
+                  for item in subtomos.iterItems(orderBy='id')]
+        if not labels or not all(labels):
+            return False
+        with open(csvFn, 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['file', 'label'])
+            for p, lab in zip(paths, labels):
+                w.writerow([p, lab])
+        return True
+
+    @staticmethod
+    def readFeatures(subtomos):
+        """N x D float32 features stored on the items by the embed protocol."""
+        rows = []
+        for item in subtomos.iterItems(orderBy='id'):
+            value = getattr(item, FEATURE_ATTR, None)
+            if value is None or not value.get():
+                raise ValueError('subtomogram %s has no deepcluster features: run '
+                                 '"deepcluster - embed" on this set first' % item.getObjId())
+            rows.append(np.array(value.get().split(','), dtype=np.float32))
+        return np.vstack(rows)
+
+    @staticmethod
+    def hasFeatures(subtomos):
+        first = subtomos.getFirstItem()
+        return first is not None and getattr(first, FEATURE_ATTR, None) is not None
+
+    @staticmethod
+    def hasTruth(subtomos):
+        first = subtomos.getFirstItem()
+        return first is not None and getattr(first, LABEL_ATTR, None) is not None
+
+    def exportStructures(self):
+        """Write the input SetOfVolumes (if any) as .mrc files named by class, with
+        the set's sampling rate in the header (headers are often wrong)."""
+        import mrcfile
+        folder = self._getTmpPath('structures')
+        os.makedirs(folder, exist_ok=True)
+        if not self.inputVolumes.hasValue():
+            return
+        used = set()
+        for vol in self.inputVolumes.get().iterItems(orderBy='id'):
+            name = _className(vol, used)
+            index, fn = vol.getLocation()
+            with mrcfile.open(fn.split(':')[0], permissive=True) as mrc:
+                data = np.asarray(mrc.data, dtype=np.float32)
+            if data.ndim == 4:
+                data = data[(index or 1) - 1]
+            with mrcfile.new(os.path.join(folder, name + '.mrc')) as m:
+                m.set_data(np.ascontiguousarray(data))
+                m.voxel_size = vol.getSamplingRate()
+
+    def structurePaths(self):
+        """Structure inputs for the CLI: exported volumes and/or the user's paths."""
+        paths = []
+        if self.inputVolumes.hasValue():
+            paths.append(self._getTmpPath('structures'))
+        if self.structuresPath.get():
+            paths += self.structuresPath.get().split()
+        return paths
+
+    def copySubtomograms(self, inputSet, suffix=''):
+        out = self._createSetOfSubTomograms(suffix)
+        out.copyInfo(inputSet)
+        return out
+
+
+def _className(vol, used):
+    """A file-safe, unique class name from the volume's label or file name."""
+    base = vol.getObjLabel() or os.path.splitext(os.path.basename(vol.getFileName()))[0]
+    base = re.sub(r'[^A-Za-z0-9_.-]+', '_', base).strip('_') or 'class'
+    name, i = base, 2
+    while name in used:
+        name, i = '%s_%d' % (base, i), i + 1
+    used.add(name)
+    return name
+
+
+def featureString(vec):
+    return ','.join('%.6g' % v for v in vec)
+
+
+def _quote(s):
+    return "'%s'" % s.replace("'", "'\\''") if any(c in s for c in " '\"$;&|<>()") else s

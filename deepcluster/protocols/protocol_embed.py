@@ -1,0 +1,115 @@
+"""deepcluster - embed: a shape feature vector for every subtomogram."""
+from enum import Enum
+
+import numpy as np
+import pyworkflow.object as pwobj
+import pyworkflow.protocol.params as params
+from tomo.objects import SetOfSubTomograms
+
+from ..constants import FEATURE_ATTR, FEATURE_INDEX_ATTR
+from .protocol_base import ProtDeepClusterBase, featureString
+
+
+class EmbedOutputs(Enum):
+    subtomograms = SetOfSubTomograms
+
+
+class ProtDeepClusterEmbed(ProtDeepClusterBase):
+    """Map each subtomogram to a 32-d feature with a trained encoder (no alignment:
+    the features are learned to be orientation invariant). Subtomograms at any
+    voxel size are resampled to the model's voxel size and box."""
+    _label = 'embed'
+    _possibleOutputs = EmbedOutputs
+
+    def _defineParams(self, form):
+        form.addSection(label='Input')
+        form.addParam('inputSubtomograms', params.PointerParam, pointerClass='SetOfSubTomograms',
+                      important=True, label='Subtomograms',
+                      help='Any voxel size and box; resampled to the model on the fly.')
+        self._defineModelParam(form)
+        self._defineEmbedParams(form)
+        self._defineGpuParams(form)
+
+    @staticmethod
+    def _defineEmbedParams(form):
+        form.addParam('invertContrast', params.BooleanParam, default=False,
+                      expertLevel=params.LEVEL_ADVANCED, label='Protein is bright?',
+                      help='Set if protein density is brighter than the background in your '
+                           'subtomograms (raw cryo-ET reconstructions have dark protein).')
+        form.addParam('batchSize', params.IntParam, default=64, validators=[params.GE(1)],
+                      expertLevel=params.LEVEL_ADVANCED, label='Batch size')
+
+    # ------------------------------------------------------------------ steps
+    def _insertAllSteps(self):
+        self._insertEmbedSteps()
+        self._insertFunctionStep(self.createOutputStep)
+
+    def _insertEmbedSteps(self):
+        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.embedStep)
+
+    def _featuresFn(self):
+        return self._getExtraPath('features.npy')
+
+    def convertInputStep(self):
+        self.writeSubtomogramList(self.inputSubtomograms.get(), self._getExtraPath('subtomograms.txt'))
+
+    def embedStep(self):
+        args = [self._getExtraPath('subtomograms.txt'), '--out', self._featuresFn(),
+                '--voxel-size', self.inputSubtomograms.get().getSamplingRate(),
+                '--batch-size', self.batchSize.get()]
+        if self.invertContrast.get():
+            args.append('--invert-contrast')
+        self.runDeepCluster('embed', args + self._modelArgs() + self._deviceArgs())
+
+    def _embeddedSet(self):
+        """The input set with the features attached to every item (set order)."""
+        inputSet = self.inputSubtomograms.get()
+        features = np.load(self._featuresFn())
+        out = self.copySubtomograms(inputSet, suffix='Embedded')
+        for row, item in enumerate(inputSet.iterItems(orderBy='id')):
+            new = item.clone()
+            setattr(new, FEATURE_ATTR, pwobj.String(featureString(features[row])))
+            setattr(new, FEATURE_INDEX_ATTR, pwobj.Integer(row))
+            out.append(new)
+        return out
+
+    def createOutputStep(self):
+        out = self._embeddedSet()
+        self._defineOutputs(**{EmbedOutputs.subtomograms.name: out})
+        self._defineSourceRelation(self.inputSubtomograms, out)
+
+    # ------------------------------------------------------------------ info
+    def _validate(self):
+        errors = []
+        subtomos = self.inputSubtomograms.get()
+        if subtomos is not None and subtomos.getSize() == 0:
+            errors.append('The input set of subtomograms is empty.')
+        if subtomos is not None and not subtomos.getSamplingRate():
+            errors.append('The input set has no sampling rate.')
+        return errors
+
+    def _warnings(self):
+        warnings = []
+        subtomos = self.inputSubtomograms.get()
+        if subtomos is not None and subtomos.getSamplingRate() and \
+                not 5 <= subtomos.getSamplingRate() <= 20:
+            warnings.append('Voxel size %.2f A is far from the model (10 A): resampling will '
+                            'change the box content a lot; consider binning first.'
+                            % subtomos.getSamplingRate())
+        return warnings
+
+    def _modelName(self):
+        return self.inputModel.get().getFileName() if self.inputModel.hasValue() else 'the shipped default model'
+
+    def _summary(self):
+        if not hasattr(self, EmbedOutputs.subtomograms.name):
+            return ['Embedding not finished yet.']
+        out = getattr(self, EmbedOutputs.subtomograms.name)
+        return ['%d subtomograms embedded with %s; features in %s.'
+                % (out.getSize(), self._modelName(), self._featuresFn())]
+
+    def _methods(self):
+        return ['Subtomograms were embedded into a 32-dimensional, orientation-invariant shape '
+                'feature space by a 3D CNN trained on synthetic data (deepcluster, following '
+                '[Moebel2022]), using %s.' % self._modelName()]

@@ -1,0 +1,151 @@
+"""deepcluster - train: a shape encoder from synthetic (or any labelled) data."""
+import csv
+import os
+from enum import Enum
+
+import pyworkflow.protocol.params as params
+
+from ..constants import LABEL_ATTR
+from ..objects import DeepClusterModel
+from .protocol_base import ProtDeepClusterBase
+
+FROM_SUBTOMOS, FROM_STRUCTURES = 0, 1
+ARCHS = ['fast', 'deepfinder']
+
+
+class TrainOutputs(Enum):
+    model = DeepClusterModel
+
+
+class ProtDeepClusterTrain(ProtDeepClusterBase):
+    """Train the 3D CNN encoder by classifying labelled subtomograms (paper
+    section 3): either a labelled set (e.g. from "deepcluster - simulate") or
+    structures from which fresh synthetic subtomograms are simulated at every
+    step. The classification layer is then dropped; the 32-d penultimate layer
+    is the shape feature used by "embed"."""
+    _label = 'train'
+    _possibleOutputs = TrainOutputs
+
+    def _defineParams(self, form):
+        form.addSection(label='Training data')
+        form.addParam('inputType', params.EnumParam, default=FROM_STRUCTURES,
+                      choices=['labelled subtomograms', 'structures (simulate on the fly)'],
+                      display=params.EnumParam.DISPLAY_HLIST, label='Train from')
+        form.addParam('inputSubtomograms', params.PointerParam, pointerClass='SetOfSubTomograms',
+                      condition='inputType==%d' % FROM_SUBTOMOS, allowsNull=True,
+                      label='Labelled subtomograms',
+                      help='Items must carry a class label, e.g. the output of "deepcluster - simulate".')
+        form.addParam('inputVolumes', params.PointerParam, pointerClass='SetOfVolumes',
+                      condition='inputType==%d' % FROM_STRUCTURES, allowsNull=True,
+                      label='Density maps (optional)', help='Each volume is one class.')
+        form.addParam('structuresPath', params.PathParam, default='',
+                      condition='inputType==%d' % FROM_STRUCTURES,
+                      label='Structure files or folder (optional)',
+                      help='.mrc maps and/or .pdb/.cif models; the file name is the class name.')
+        form.addParam('procedural', params.IntParam, default=0, validators=[params.GE(0)],
+                      condition='inputType==%d' % FROM_STRUCTURES, label='Procedural classes')
+        form.addParam('membraneBound', params.StringParam, default='',
+                      condition='inputType==%d' % FROM_STRUCTURES,
+                      label='Membrane-bound variants of', help='Class names, space separated.')
+        form.addParam('samplingRate', params.FloatParam, default=10.0,
+                      condition='inputType==%d' % FROM_STRUCTURES, label='Voxel size (A)')
+        form.addParam('boxSize', params.IntParam, default=40,
+                      condition='inputType==%d' % FROM_STRUCTURES, label='Box size (px)')
+        form.addSection(label='Training')
+        form.addParam('arch', params.EnumParam, choices=ARCHS, default=0, label='Architecture',
+                      help='fast: this plugin\'s default encoder (>50x faster on a CPU); '
+                           'deepfinder: the encoder of the paper (DeepFinder).')
+        form.addParam('steps', params.IntParam, default=3000, validators=[params.GE(1)],
+                      label='Training steps')
+        form.addParam('batchSize', params.IntParam, default=64, validators=[params.GE(2)],
+                      label='Batch size')
+        form.addParam('learningRate', params.FloatParam, default=1e-4,
+                      expertLevel=params.LEVEL_ADVANCED, label='Learning rate (Adam)')
+        form.addParam('seed', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
+                      label='Random seed')
+        self._defineGpuParams(form)
+
+    # ------------------------------------------------------------------ steps
+    def _insertAllSteps(self):
+        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.trainStep)
+        self._insertFunctionStep(self.createOutputStep)
+
+    def _modelFn(self):
+        return self._getExtraPath('model.pt')
+
+    def _workDir(self):
+        return self._getExtraPath('training')
+
+    def convertInputStep(self):
+        if self.inputType.get() == FROM_SUBTOMOS:
+            subtomos = self.inputSubtomograms.get()
+            ids, paths = self.writeSubtomogramList(subtomos, self._getTmpPath('subtomograms.txt'))
+            self.writeTruthCsv(subtomos, paths, self._labelsFn())
+        else:
+            self.exportStructures()
+
+    def _labelsFn(self):
+        return self._getExtraPath('labels.csv')
+
+    def trainStep(self):
+        args = ['--out', self._modelFn(), '--work-dir', self._workDir(),
+                '--arch', ARCHS[self.arch.get()], '--steps', self.steps.get(),
+                '--batch-size', self.batchSize.get(), '--lr', self.learningRate.get(),
+                '--seed', self.seed.get(), '--resume']
+        if self.inputType.get() == FROM_SUBTOMOS:
+            args += ['--data', self._labelsFn(),
+                     '--data-voxel-size', self.inputSubtomograms.get().getSamplingRate()]
+        else:
+            args += ['--voxel-size', self.samplingRate.get(), '--box', self.boxSize.get()]
+            structures = self.structurePaths()
+            if structures:
+                args += ['--structures'] + structures
+            if self.procedural.get() > 0:
+                args += ['--procedural', self.procedural.get()]
+            if self.membraneBound.get():
+                args += ['--membrane-bound'] + self.membraneBound.get().split()
+        self.runDeepCluster('train', args + self._deviceArgs())
+
+    def createOutputStep(self):
+        from deepcluster.core.network import read_model_file
+        model = DeepClusterModel(filename=self._modelFn())
+        model.setFromConfig(read_model_file(self._modelFn())[1])
+        self._defineOutputs(**{TrainOutputs.model.name: model})
+        src = self.inputSubtomograms if self.inputType.get() == FROM_SUBTOMOS else self.inputVolumes
+        if src.hasValue():
+            self._defineSourceRelation(src, model)
+
+    # ------------------------------------------------------------------ info
+    def _validate(self):
+        errors = []
+        if self.inputType.get() == FROM_SUBTOMOS:
+            subtomos = self.inputSubtomograms.get()
+            if subtomos is None:
+                errors.append('Choose a labelled set of subtomograms.')
+            elif not self.hasTruth(subtomos):
+                errors.append('The subtomograms carry no class label (%s): use the output of '
+                              '"deepcluster - simulate" or train from structures.' % LABEL_ATTR)
+        elif not (self.inputVolumes.hasValue() or self.structuresPath.get() or self.procedural.get() > 0):
+            errors.append('Give density maps, structure files, or a number of procedural classes.')
+        return errors
+
+    def _summary(self):
+        if not hasattr(self, TrainOutputs.model.name):
+            return ['Training not finished yet.']
+        model = getattr(self, TrainOutputs.model.name)
+        lines = ['Model: %s' % model, 'Classes: %s' % ', '.join(model.getClassNames())]
+        log = os.path.join(self._workDir(), 'train_log.csv')
+        if os.path.exists(log):
+            rows = [r for r in csv.DictReader(open(log)) if r.get('val_acc')]
+            if rows:
+                lines.append('Final validation accuracy: %.3f (step %s)'
+                             % (float(rows[-1]['val_acc']), rows[-1]['step']))
+        return lines
+
+    def _methods(self):
+        return ['A %s 3D CNN encoder was trained for %d steps (batch %d, Adam, lr %g, class-balanced '
+                'batches) to classify synthetic subtomograms, as in [Moebel2022]; its 32-d '
+                'penultimate layer serves as the shape feature.'
+                % (ARCHS[self.arch.get()], self.steps.get(), self.batchSize.get(),
+                   self.learningRate.get())]
