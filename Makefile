@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: venv demo test test-fast bench model clean help
+.PHONY: venv demo test test-scipion bench model clean help
 
 help:
 	@echo "make demo   - set up, then run the whole chain on a built-in example (headless Scipion project)"
@@ -28,6 +28,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider deepcluster/tests
+
+# the pyworkflow protocol tests through Scipion's own runner
+test-scipion: $(STAMP)
+	SCIPION_HOME=$$($(PY) -c "from deepcluster import headless; print(headless.configure())") \
+	SCIPION_PYTHON=$(abspath $(PY)) $(VENV)/bin/scipion tests deepcluster.tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

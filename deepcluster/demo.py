@@ -47,21 +47,32 @@ def _launch(project, prot, title):
 
 def run_demo(args):
     headless.configure()
-    from pwem.protocols import ProtClassesSelector
     from pyworkflow.project import Manager
-
-    from deepcluster.protocols import (ProtDeepClusterCluster, ProtDeepClusterEmbed,
-                                       ProtDeepClusterSimulate)
     t0 = time.time()
+    report = os.path.abspath(args.out)
+    structures = os.path.abspath(args.structures) if args.structures else None
     manager = Manager()
     if manager.hasProject(args.project):
         manager.deleteProject(args.project)
     project = manager.createProject(args.project)
+    cwd = os.getcwd()
+    os.chdir(project.path)          # pyworkflow resolves run paths from the project folder
+    try:
+        _run_chain(args, project, report, structures, t0)
+    finally:
+        os.chdir(cwd)
+
+
+def _run_chain(args, project, report, structures, t0):
+    from pwem.protocols import ProtClassesSelector
+
+    from deepcluster.protocols import (ProtDeepClusterCluster, ProtDeepClusterEmbed,
+                                       ProtDeepClusterSimulate)
 
     sim = project.newProtocol(ProtDeepClusterSimulate, nPerClass=args.n_per_class,
                               seed=args.seed, negative=True)
-    if args.structures:
-        sim.structuresPath.set(os.path.abspath(args.structures))
+    if structures:
+        sim.structuresPath.set(structures)
     else:
         sim.procedural.set(args.procedural)
     sim = _launch(project, sim, 'simulate')
@@ -83,7 +94,6 @@ def run_demo(args):
     sel.inputClasses.setExtended('classes')
     sel = _launch(project, sel, 'select the 2 biggest classes')
 
-    report = os.path.abspath(args.out)
     tmp = report + '.tmp'
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(clu._getExtraPath('plots'), tmp)
@@ -96,7 +106,7 @@ def run_demo(args):
         json.dump(info, f, indent=2)
     summary = ['deepcluster demo: %d subtomograms, %d true classes (%s)'
                % (subtomos.getSize(), n_classes,
-                  'structures from %s' % args.structures if args.structures
+                  'structures from %s' % structures if structures
                   else '%d procedural pseudo-molecules + negative' % args.procedural)]
     summary += clu._summary() + ['', 'Methods: ' + ' '.join(emb._methods() + clu._methods()),
                                  '', 'Selected for averaging: %d subtomograms of the 2 biggest classes'

@@ -556,7 +556,7 @@ def synthetic_features(n, k, dim=32, seed=0, separation=8.0, anisotropy=4.0, imb
 
 
 # ----------------------------------------------------------------------- files
-def features_csv_path(npy):
+def find_features_csv(npy):
     """The CSV naming each row's file: ``<stem>.csv`` beside the .npy, else ``features.csv``."""
     stem = os.path.splitext(npy)[0] + '.csv'
     if os.path.isfile(stem):
@@ -568,7 +568,7 @@ def features_csv_path(npy):
 def load_features(npy):
     """Return (features (memory-mapped if large), file names per row) from an embed output.
 
-    Rows are named by the ``row,file`` CSV beside the .npy (see features_csv_path);
+    Rows are named by the ``row,file`` CSV beside the .npy (see find_features_csv);
     without one they are named ``row0``, ``row1``... (a warning is logged).
     """
     import csv
@@ -582,7 +582,7 @@ def load_features(npy):
     X = check_features(X, npy)
     if X.nbytes <= 512 * 2 ** 20:
         X = np.ascontiguousarray(X, dtype=np.float32)
-    csv_path = features_csv_path(npy)
+    csv_path = find_features_csv(npy)
     if csv_path is None:
         log.warning('%s: no features.csv beside it; rows are named row0, row1, ...', npy)
         return X, ['row%d' % i for i in range(len(X))]

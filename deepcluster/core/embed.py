@@ -34,7 +34,7 @@ import torch
 from . import DeepClusterError
 from .device import pick_device
 from .network import inference_model, load_model, resolve_model_path
-from .volumes import atomic_path, fit_box, list_volume_files, pad_to_cube, read_volume
+from .volumes import atomic_path, list_volume_files, pad_to_cube, read_volume
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,9 @@ One call of ``Simulator.batch`` makes B subtomograms on the simulator's device:
    no defocus gradient across the tilted specimen), dose-symmetric exposure filter,
    B-factor envelope; noise is added only inside the sampled wedge, coloured
    |k|^alpha (back-projection ramp), so the wedge is empty of signal AND noise as
-   in a WBP reconstruction;
+   in a WBP reconstruction; half of the subtomograms (by default) are band-limited
+   as data acquired at a coarser voxel size (10-20 A) and Fourier-resampled to
+   this one, as the embedding does with real data at other voxel sizes;
 3. ``irfftn``, contrast sign, per-subtomogram normalisation (zero mean, unit std).
 
 Contrast convention: 'dark' (default) = protein darker than the background, as in
@@ -544,7 +546,7 @@ def add_parser(subparsers):
 
 def run_cli(args):
     from .device import pick_device
-    from .structures import load_structures, procedural_templates
+    from .structures import templates_for
     cfg = SimulationConfig(box=args.box, voxel_size=args.voxel_size, tilt_range=tuple(args.tilt_range),
                            contrast=args.contrast)
     if args.snr is not None:
@@ -559,15 +561,7 @@ def run_cli(args):
     if not args.structures and not args.procedural:
         raise DeepClusterError('no classes: give --structures PATH... and/or --procedural N')
     device = pick_device(args.device)
-    templates = []
-    if args.structures:
-        templates += load_structures(args.structures, args.voxel_size,
-                                     membrane={nm: 'embedded' for nm in args.embedded})
-        missing = set(args.embedded) - {t.name for t in templates}
-        if missing:
-            raise DeepClusterError('--embedded %s: no structure of that name' % ', '.join(sorted(missing)))
-    if args.procedural:
-        templates += procedural_templates(args.procedural, args.voxel_size, seed=args.seed)
+    templates = templates_for(args.structures, args.procedural, args.voxel_size, args.seed, args.embedded)
     res = simulate_to_folder(args.out, templates, args.n_per_class, cfg, seed=args.seed,
                              negative=args.negative, membrane_bound=args.membrane_bound,
                              device=device, batch_size=args.batch_size)

@@ -408,3 +408,18 @@ def _pseudo_molecule(kind, diam, voxel_size, rng):
     ext = np.abs(pts).max() + 4 * sig.max() + 3
     n = int(2 * np.ceil(ext) + 1)
     return _blob_map(pts, sig, w, n), desc
+
+
+def templates_for(structures, procedural, voxel_size, seed, embedded=()):
+    """The classes of a simulate/train command line: structure files (``embedded``
+    names are membrane proteins) then ``procedural`` pseudo-molecules (seeded)."""
+    templates = []
+    if structures:
+        templates += load_structures(structures, voxel_size, membrane={nm: 'embedded' for nm in embedded})
+        missing = set(embedded) - {t.name for t in templates}
+        if missing:
+            raise DeepClusterError('--embedded %s: no structure of that name' % ', '.join(sorted(missing)))
+    if procedural:
+        templates += procedural_templates(procedural, voxel_size, seed=seed)
+    return templates
+

@@ -147,17 +147,10 @@ class SimulatedData:
             raise DeepClusterError('no training data: give --data FOLDER, or --structures and/or '
                                    '--procedural N')
         from .simulate import SimulationConfig, Simulator
-        from .structures import load_structures, procedural_templates
+        from .structures import templates_for
         import dataclasses
-        templates = []
-        if args.structures:
-            templates += load_structures(args.structures, args.voxel_size,
-                                         membrane={nm: 'embedded' for nm in args.embedded})
-            missing = set(args.embedded) - {t.name for t in templates}
-            if missing:
-                raise DeepClusterError('--embedded %s: no structure of that name' % ', '.join(sorted(missing)))
-        if args.procedural:
-            templates += procedural_templates(args.procedural, args.voxel_size, args.seed)
+        templates = templates_for(args.structures, args.procedural, args.voxel_size, args.seed,
+                                  args.embedded)
         if not templates:
             raise DeepClusterError('no training data: give --data FOLDER, or --structures and/or '
                                    '--procedural N')

@@ -31,6 +31,36 @@ class ProtDeepClusterBase(EMProtocol, ProtTomoBase):
                        label='Choose GPU IDs', help='GPU ids, e.g. "0" or "0 1".')
 
     @staticmethod
+    def _defineSubtomogramsParam(form, label='Subtomograms',
+                                 help='Any voxel size and box; resampled to the model on the fly.'):
+        form.addParam('inputSubtomograms', params.PointerParam, pointerClass='SetOfSubTomograms',
+                      important=True, label=label, help=help)
+
+    @staticmethod
+    def _defineStructureParams(form, condition=None):
+        """The classes to simulate: maps, structure files, procedural shapes and
+        membrane-bound variants (simulate, and train from structures)."""
+        form.addParam('inputVolumes', params.PointerParam, pointerClass='SetOfVolumes',
+                      allowsNull=True, condition=condition, label='Density maps (optional)',
+                      help='Each volume is one class (protein density positive). Any sampling '
+                           'rate: maps are resampled to the target voxel size.')
+        form.addParam('structuresPath', params.PathParam, default='', condition=condition,
+                      label='Structure files or folder (optional)',
+                      help='A folder, or files separated by spaces, of .mrc maps and/or '
+                           '.pdb/.cif atomic models; the file name is the class name.')
+        form.addParam('procedural', params.IntParam, default=0, validators=[params.GE(0)],
+                      condition=condition, label='Procedural classes',
+                      help='Number of seeded pseudo-molecule classes (5-40 nm, varied shape '
+                           'and symmetry) to add: no structures needed.')
+        form.addParam('membraneBound', params.StringParam, default='', condition=condition,
+                      label='Membrane-bound variants of',
+                      help='Class names (space separated) that also get a "<name>_mb" class: '
+                           'the same particle sitting on a membrane.')
+
+    def _hasStructures(self):
+        return self.inputVolumes.hasValue() or self.structuresPath.get() or self.procedural.get() > 0
+
+    @staticmethod
     def _defineModelParam(form):
         form.addParam('inputModel', params.PointerParam, pointerClass='DeepClusterModel',
                       allowsNull=True, label='Trained model (optional)',

@@ -1,7 +1,6 @@
 """deepcluster - classify: embed + cluster in one go, with the shipped model."""
 from enum import Enum
 
-import pyworkflow.protocol.params as params
 from tomo.objects import SetOfClassesSubTomograms, SetOfSubTomograms
 
 from .protocol_cluster import ProtDeepClusterCluster
@@ -22,9 +21,7 @@ class ProtDeepClusterClassify(ProtDeepClusterCluster, ProtDeepClusterEmbed):
 
     def _defineParams(self, form):
         form.addSection(label='Input')
-        form.addParam('inputSubtomograms', params.PointerParam, pointerClass='SetOfSubTomograms',
-                      important=True, label='Subtomograms',
-                      help='Any voxel size and box; resampled to the model on the fly.')
+        self._defineSubtomogramsParam(form)
         self._defineModelParam(form)
         self._defineEmbedParams(form)
         self._defineClusterParams(form)

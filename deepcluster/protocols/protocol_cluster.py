@@ -13,6 +13,8 @@ from .protocol_base import ProtDeepClusterBase
 
 METHODS = ['kmeans', 'gmm', 'agglomerative', 'hdbscan']
 K_FIXED, K_AUTO = 0, 1
+METRIC_NAMES = [('v_measure', 'V-measure'), ('homogeneity', 'homogeneity'),
+                ('completeness', 'completeness'), ('ari', 'ARI'), ('nmi', 'NMI')]
 
 
 class ClusterOutputs(Enum):
@@ -31,9 +33,8 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
 
     def _defineParams(self, form):
         form.addSection(label='Input')
-        form.addParam('inputSubtomograms', params.PointerParam, pointerClass='SetOfSubTomograms',
-                      important=True, label='Embedded subtomograms',
-                      help='Output of "deepcluster - embed" (or any subset of it).')
+        self._defineSubtomogramsParam(form, 'Embedded subtomograms',
+                                      'Output of "deepcluster - embed" (or any subset of it).')
         self._defineClusterParams(form)
 
     @staticmethod
@@ -161,8 +162,8 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
             lines.append('  class %d: %d subtomograms' % (cls.getObjId(), cls.getSize()))
         metrics = (self._report() or {}).get('metrics')
         if metrics:
-            lines.append('Against the ground-truth labels: ' + ', '.join(
-                '%s %.3f' % (k, v) for k, v in metrics.items() if isinstance(v, (int, float))))
+            lines.append('Against the ground-truth labels (%d items): ' % metrics['n'] + ', '.join(
+                '%s %.3f' % (label, metrics[key]) for key, label in METRIC_NAMES if key in metrics))
         return lines
 
     def _methods(self):

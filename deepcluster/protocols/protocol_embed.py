@@ -23,9 +23,7 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
 
     def _defineParams(self, form):
         form.addSection(label='Input')
-        form.addParam('inputSubtomograms', params.PointerParam, pointerClass='SetOfSubTomograms',
-                      important=True, label='Subtomograms',
-                      help='Any voxel size and box; resampled to the model on the fly.')
+        self._defineSubtomogramsParam(form)
         self._defineModelParam(form)
         self._defineEmbedParams(form)
         self._defineGpuParams(form)

@@ -28,22 +28,7 @@ class ProtDeepClusterSimulate(ProtDeepClusterBase):
 
     def _defineParams(self, form):
         form.addSection(label='Structures')
-        form.addParam('inputVolumes', params.PointerParam, pointerClass='SetOfVolumes',
-                      allowsNull=True, label='Density maps (optional)',
-                      help='Each volume is one class (protein density positive). Any sampling '
-                           'rate: maps are resampled to the target voxel size.')
-        form.addParam('structuresPath', params.PathParam, default='',
-                      label='Structure files or folder (optional)',
-                      help='A folder, or files separated by spaces, of .mrc maps and/or '
-                           '.pdb/.cif atomic models; the file name is the class name.')
-        form.addParam('procedural', params.IntParam, default=0, validators=[params.GE(0)],
-                      label='Procedural classes',
-                      help='Number of seeded pseudo-molecule classes (5-40 nm, varied shape '
-                           'and symmetry) to add: no structures needed.')
-        form.addParam('membraneBound', params.StringParam, default='',
-                      label='Membrane-bound variants of',
-                      help='Class names (space separated) that also get a "<name>_mb" class: '
-                           'the same particle sitting on a membrane.')
+        self._defineStructureParams(form)
         form.addParam('negative', params.BooleanParam, default=True,
                       label='Add a negative class?',
                       help='Subtomograms with no particle at the centre (neighbours, '
@@ -135,7 +120,7 @@ class ProtDeepClusterSimulate(ProtDeepClusterBase):
     # ------------------------------------------------------------------ info
     def _validate(self):
         errors = []
-        if not (self.inputVolumes.hasValue() or self.structuresPath.get() or self.procedural.get() > 0):
+        if not self._hasStructures():
             errors.append('Give density maps, structure files, or a number of procedural classes.')
         for p in (self.structuresPath.get() or '').split():
             if not os.path.exists(p):

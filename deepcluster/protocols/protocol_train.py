@@ -35,18 +35,7 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
                       condition='inputType==%d' % FROM_SUBTOMOS, allowsNull=True,
                       label='Labelled subtomograms',
                       help='Items must carry a class label, e.g. the output of "deepcluster - simulate".')
-        form.addParam('inputVolumes', params.PointerParam, pointerClass='SetOfVolumes',
-                      condition='inputType==%d' % FROM_STRUCTURES, allowsNull=True,
-                      label='Density maps (optional)', help='Each volume is one class.')
-        form.addParam('structuresPath', params.PathParam, default='',
-                      condition='inputType==%d' % FROM_STRUCTURES,
-                      label='Structure files or folder (optional)',
-                      help='.mrc maps and/or .pdb/.cif models; the file name is the class name.')
-        form.addParam('procedural', params.IntParam, default=0, validators=[params.GE(0)],
-                      condition='inputType==%d' % FROM_STRUCTURES, label='Procedural classes')
-        form.addParam('membraneBound', params.StringParam, default='',
-                      condition='inputType==%d' % FROM_STRUCTURES,
-                      label='Membrane-bound variants of', help='Class names, space separated.')
+        self._defineStructureParams(form, condition='inputType==%d' % FROM_STRUCTURES)
         form.addParam('samplingRate', params.FloatParam, default=10.0,
                       condition='inputType==%d' % FROM_STRUCTURES, label='Voxel size (A)')
         form.addParam('boxSize', params.IntParam, default=40,
@@ -126,7 +115,7 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
             elif not self.hasTruth(subtomos):
                 errors.append('The subtomograms carry no class label (%s): use the output of '
                               '"deepcluster - simulate" or train from structures.' % LABEL_ATTR)
-        elif not (self.inputVolumes.hasValue() or self.structuresPath.get() or self.procedural.get() > 0):
+        elif not self._hasStructures():
             errors.append('Give density maps, structure files, or a number of procedural classes.')
         return errors
 

@@ -66,3 +66,18 @@ def test_cli_help(args, capsys):
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 0
+
+
+def test_console_script_and_module_entry_points():
+    import os
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(sys.executable), 'deepcluster')
+    assert os.path.exists(script), 'console script not installed (pip install -e .)'
+    for cmd in ([script, '--help'], [sys.executable, '-m', 'deepcluster', 'embed', '--help']):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert 'usage: deepcluster' in out.stdout
+    out = subprocess.run([script, '--help'], capture_output=True, text=True, timeout=120)
+    for command in ('simulate', 'train', 'embed', 'cluster', 'demo'):
+        assert command in out.stdout

@@ -1,0 +1,143 @@
+"""Clustering quality of a trained model on held-out synthetic test sets.
+
+Scenarios (each 50 subtomograms per class, seeds never used in training):
+- shrec:     the 13 SHREC 2021 classes + negative at the default data model,
+             k-means at k = 14 (paper: V-measure 0.96 on its SHREC test data);
+- membrane:  ribosomes 4v4r / 4v7r free and membrane-bound (+ negative), k = 5:
+             the context the paper's model could not see (its section 4.4);
+- unseen:    10 procedural pseudo-molecules from a seed the model never saw
+             (+ negative), k = 11: shapes outside the training classes;
+- voxel13.68: the SHREC set simulated at 13.68 A/voxel (box 30, as the paper's
+             real data), resampled to the model by the embedding, k = 14;
+- snr:       the shrec scenario per SNR band (0.1-0.3, 0.3-1, 1-3, 3-10): how
+             the quality depends on the noise (small particles vanish first).
+Writes benchmarks/results/bench_quality.json (+ PNGs of the shrec scenario).
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from deepcluster.core import cluster, plots                                   # noqa: E402
+from deepcluster.core.embed import Embedder, embed_arrays                      # noqa: E402
+from deepcluster.core.simulate import SimulationConfig, Simulator              # noqa: E402
+from deepcluster.core.structures import load_structures, procedural_templates  # noqa: E402
+
+SHREC = ['1s3x', '3qm1', '3gl1', '3h84', '2cg9', '3d2f', '1u6g', '3cf3', '1bxn', '1qvr',
+         '4cr2', '5mrc', '4v94']
+TEST_SEED = 20261126          # never a training seed
+N_PER_CLASS = 50
+
+
+def structures_root():
+    root = os.environ.get('DEEPCLUSTER_STRUCTURES') or os.path.join(REPO, '..', 'shared', 'structures')
+    return os.path.abspath(root)
+
+
+def simulate(templates, voxel_size, box, seed, membrane_bound=(), device='cpu', snr=None):
+    cfg = SimulationConfig(box=box, voxel_size=voxel_size, **({'snr': tuple(snr)} if snr else {}))
+    sim = Simulator(templates, cfg, device=device,
+                    negative=True, membrane_bound=membrane_bound)
+    names = sim.class_names
+    labels = torch.arange(len(names)).repeat_interleave(N_PER_CLASS)
+    gen = torch.Generator(device=sim.device).manual_seed(seed)
+    vols = torch.cat([sim.batch(labels[a:a + 128].to(sim.device), gen).cpu()
+                      for a in range(0, len(labels), 128)]).numpy()
+    return vols, np.array([names[i] for i in labels.tolist()])
+
+
+def score(emb, vols, truth, voxel_size, seed, plots_dir=None):
+    t0 = time.time()
+    X = embed_arrays(vols, emb, emb.config, voxel_size=voxel_size, batch_size=128)
+    t_embed = time.time() - t0
+    k = len(set(truth))
+    labels, _, _ = cluster.cluster_features(X, k, 'kmeans', seed=seed, scores=False)
+    res = cluster.evaluate(truth, labels)
+    out = {'n': int(len(truth)), 'k': k, 'embed_seconds': round(t_embed, 2)}
+    out.update({m: round(res[m], 4) for m in ('v_measure', 'homogeneity', 'completeness', 'ari', 'nmi')})
+    out['contingency'] = res['contingency']
+    if plots_dir:
+        sweep = cluster.sweep_k(X, truth, range(2, 2 * k + 1), seed=seed)
+        out['sweep'] = [{m: round(v, 4) if isinstance(v, float) else v for m, v in r.items()} for r in sweep]
+        best = max(sweep, key=lambda r: r['v_measure'])
+        out['best_k'] = {'k': best['k'], 'v_measure': round(best['v_measure'], 4)}
+        plots.write_cluster_report(plots_dir, X, labels + 1, truth=truth, sweep=sweep, seed=seed,
+                                   true_k=k)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--model', default=None, help='model file (default: the shipped model)')
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_quality.json'))
+    ap.add_argument('--plots', default=os.path.join(HERE, 'results', 'quality'))
+    ap.add_argument('--snr', type=float, nargs=2, default=None, help='SNR range of the test sets (default: the data model default)')
+    ap.add_argument('--scenarios', nargs='+', default=['shrec', 'membrane', 'unseen', 'voxel13.68', 'snr'])
+    a = ap.parse_args(argv)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    root = structures_root()
+    maps = os.path.join(root, 'maps_10A')
+    dev = torch.device(a.device if a.device != 'cuda' or torch.cuda.is_available() else 'cpu')
+    emb = Embedder.from_file(a.model, device=dev)
+    result = {'model': os.path.relpath(a.model, REPO) if a.model else 'shipped default',
+              'model_arch': emb.config.get('arch'), 'n_per_class': N_PER_CLASS, 'test_seed': TEST_SEED,
+              'device': str(dev), 'snr': a.snr or 'data-model default', 'torch': torch.__version__, 'machine': platform.machine(),
+              'scenarios': {}}
+    t_all = time.time()
+    for name in a.scenarios:
+        t0 = time.time()
+        if name == 'shrec':
+            tpl = load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 10.0)
+            vols, truth = simulate(tpl, 10.0, 40, TEST_SEED, device=dev, snr=a.snr)
+            r = score(emb, vols, truth, 10.0, 0, plots_dir=a.plots)
+        elif name == 'membrane':
+            tpl = load_structures([os.path.join(maps, s + '.mrc') for s in ('4v4r', '4v7r')], 10.0)
+            vols, truth = simulate(tpl, 10.0, 40, TEST_SEED + 1, membrane_bound=('4v4r', '4v7r'), device=dev, snr=a.snr)
+            r = score(emb, vols, truth, 10.0, 0)
+        elif name == 'unseen':
+            tpl = procedural_templates(10, 10.0, seed=777)
+            vols, truth = simulate(tpl, 10.0, 40, TEST_SEED + 2, device=dev, snr=a.snr)
+            r = score(emb, vols, truth, 10.0, 0)
+        elif name == 'voxel13.68':
+            tpl = load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 13.68)
+            vols, truth = simulate(tpl, 13.68, 30, TEST_SEED + 3, device=dev, snr=a.snr)
+            r = score(emb, vols, truth, 13.68, 0)
+        elif name == 'snr':
+            tpl = load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 10.0)
+            bands = {}
+            for band in ((0.1, 0.3), (0.3, 1.0), (1.0, 3.0), (3.0, 10.0)):
+                vols, truth = simulate(tpl, 10.0, 40, TEST_SEED + 4, device=dev, snr=band)
+                b = score(emb, vols, truth, 10.0, 0)
+                b.pop('contingency')
+                bands['%g-%g' % band] = b
+                print('  SNR %-8s V-measure %.3f' % ('%g-%g' % band, b['v_measure']), flush=True)
+            r = {'bands': bands, 'k': 14, 'n': sum(b['n'] for b in bands.values())}
+            r.update({m: round(float(np.mean([b[m] for b in bands.values()])), 4)
+                      for m in ('v_measure', 'homogeneity', 'completeness', 'ari')})
+        else:
+            raise SystemExit('unknown scenario %s' % name)
+        r['seconds'] = round(time.time() - t0, 1)
+        result['scenarios'][name] = r
+        print('%-11s V-measure %.3f  homogeneity %.3f  completeness %.3f  ARI %.3f  (k=%d, n=%d, %.0f s)'
+              % (name, r['v_measure'], r['homogeneity'], r['completeness'], r['ari'], r['k'], r['n'],
+                 r['seconds']), flush=True)
+    result['seconds'] = round(time.time() - t_all, 1)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out + '.tmp', 'w') as f:
+        json.dump(result, f, indent=1)
+    os.replace(a.out + '.tmp', a.out)
+    print('wrote %s' % a.out)
+
+
+if __name__ == '__main__':
+    main()

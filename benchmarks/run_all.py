@@ -1,0 +1,61 @@
+"""``make bench``: every speed/quality benchmark, each writing its JSON (and PNGs)
+to benchmarks/results/. Run on an otherwise idle machine: the ratios inside each
+JSON (ours vs a reference) are measured in the same run, the absolute rates are
+only as good as the machine's quiet.
+
+The heavier studies stay opt-in: the auto-k criterion comparison
+(``bench_cluster.py --parts auto_k``) and model-vs-model quality
+(``bench_embed.py --parts quality invariance --models A.pt B.pt``).
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, 'results')
+
+BENCHES = [
+    ('simulate', ['bench_simulate.py']),
+    ('embed', ['bench_embed.py', '--parts', 'speed', 'disk', 'gpu']),
+    ('cluster', ['bench_cluster.py', '--parts', 'scale', 'auto_k_time']),
+    ('quality', ['bench_quality.py']),
+    ('invariance', ['bench_embed.py', '--parts', 'invariance', '--models',
+                    os.path.join(REPO, 'deepcluster', 'models', 'default.pt')]),
+]
+
+
+def bench_demo():
+    """End-to-end demo (headless Scipion project), wall time."""
+    t0 = time.time()
+    out = os.path.join(RESULTS, 'demo_report')
+    subprocess.run([sys.executable, '-m', 'deepcluster', '-q', 'demo', '--out', out], check=True, cwd=REPO)
+    res = {'seconds': round(time.time() - t0, 1), 'target_seconds': 300,
+           'metrics': json.load(open(os.path.join(out, 'metrics.json'))).get('metrics', {})}
+    res['metrics'].pop('contingency', None)
+    with open(os.path.join(RESULTS, 'bench_demo.json'), 'w') as f:
+        json.dump(res, f, indent=1)
+    return res
+
+
+def main(argv):
+    only = set(argv)
+    os.makedirs(RESULTS, exist_ok=True)
+    failed = []
+    for name, cmd in BENCHES:
+        if only and name not in only:
+            continue
+        print('== bench %s: %s' % (name, ' '.join(cmd)), flush=True)
+        if subprocess.run([sys.executable] + [os.path.join(HERE, cmd[0])] + cmd[1:], cwd=REPO).returncode:
+            failed.append(name)
+    if not only or 'demo' in only:
+        print('== bench demo', flush=True)
+        print(bench_demo())
+    if failed:
+        sys.exit('benchmarks failed: %s' % ', '.join(failed))
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,104 @@
+"""Train the model that ships in deepcluster/models/default.pt (``make model``).
+
+The exact recipe lives here so anyone can reproduce it:
+structures = the 13 SHREC 2021 classes + the other maps of
+../shared/structures/maps_10A (ribosomes, proteasomes, ...), the membrane
+proteins of membrane_maps_10A (in their bilayer), membrane-bound variants of the
+ribosomes, procedural pseudo-molecules for shape diversity, and the negative
+class; all simulated on the fly with the default domain randomisation (SNR, CTF,
+wedge, dose, noise colour, crowding, membranes, beads, voxel-size jitter).
+
+    python benchmarks/train_shipped_model.py                   # CPU: hours
+    python benchmarks/train_shipped_model.py --device cuda --minutes 5
+
+``--minutes`` times a short calibration run first and sets --steps to fit.
+Afterwards the SHREC quality benchmark is run on the new model and the model
+card (deepcluster/models/MODEL_CARD.md) is written from the training card.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+MEMBRANE_BOUND = ['4v4r', '4v7r', '5mrc']
+PROCEDURAL = 40
+
+
+def structures_root():
+    root = os.environ.get('DEEPCLUSTER_STRUCTURES') or os.path.join(REPO, '..', 'shared', 'structures')
+    if not os.path.isdir(os.path.join(root, 'maps_10A')):
+        raise SystemExit('structures not found at %s: set DEEPCLUSTER_STRUCTURES' % root)
+    return os.path.abspath(root)
+
+
+def train_args(root, steps, device, batch_size, lr, seed, val_every=None, widths=None, init=None, val_per_class=64):
+    membrane = os.path.join(root, 'membrane_maps_10A')
+    embedded = sorted(os.path.splitext(f)[0] for f in os.listdir(membrane) if f.endswith('.mrc'))
+    return ['train', '--structures', os.path.join(root, 'maps_10A'), membrane,
+            '--embedded', *embedded, '--membrane-bound', *MEMBRANE_BOUND,
+            '--procedural', str(PROCEDURAL), '--box', '40', '--voxel-size', '10',
+            '--steps', str(steps), '--batch-size', str(batch_size), '--lr', str(lr),
+            '--schedule', 'cosine', '--warmup-steps', str(min(500, steps // 10)),
+            '--val-every', str(val_every or max(50, steps // 20)), '--checkpoint-every', str(max(100, steps // 10)),
+            '--seed', str(seed), '--device', device] + (['--widths'] + [str(w) for w in widths] if widths else []) \
+        + (['--init', init] if init else []) + ['--val-per-class', str(val_per_class)]
+
+
+def run_train(args, out, work):
+    cmd = [sys.executable, '-m', 'deepcluster'] + args + ['--out', out, '--work-dir', work]
+    print('$ ' + ' '.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+    return cmd
+
+
+def calibrate(root, device, batch_size, lr, seed, work, widths=None):
+    """Steps per second of the real recipe (template loading etc. excluded)."""
+    import csv
+    out = os.path.join(work, 'calib.pt')
+    run_train(train_args(root, 120, device, batch_size, lr, seed, val_every=40, widths=widths), out, os.path.join(work, 'calib'))
+    rows = list(csv.DictReader(open(os.path.join(work, 'calib', 'train_log.csv'))))
+    t = [(int(r['step']), float(r['time'])) for r in rows if r.get('time')]
+    (s0, t0), (s1, t1) = t[1], t[-1]          # skip the warm-up third; includes a validation pass
+    return (s1 - s0) / max(t1 - t0, 1e-3)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--steps', type=int, default=20000)
+    ap.add_argument('--minutes', type=float, default=None, help='fit --steps to this training time')
+    ap.add_argument('--batch-size', type=int, default=64)
+    ap.add_argument('--lr', type=float, default=1e-3)
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--init', default=None, help='fine-tune from this model (same classes)')
+    ap.add_argument('--val-per-class', type=int, default=64)
+    ap.add_argument('--widths', type=int, nargs=5, default=None, help='fast-net channel widths')
+    ap.add_argument('--out', default=os.path.join(REPO, 'deepcluster', 'models', 'default.pt'))
+    ap.add_argument('--work-dir', default=os.path.join(REPO, 'runs', 'shipped_model'))
+    ap.add_argument('--skip-eval', action='store_true')
+    a = ap.parse_args(argv)
+    root = structures_root()
+    os.makedirs(a.work_dir, exist_ok=True)
+    steps = a.steps
+    if a.minutes:
+        rate = calibrate(root, a.device, a.batch_size, a.lr, a.seed, a.work_dir, a.widths)
+        steps = max(100, int(rate * a.minutes * 60))
+        print('calibration: %.2f steps/s -> %d steps for %.1f min' % (rate, steps, a.minutes), flush=True)
+    t0 = time.time()
+    args = train_args(root, steps, a.device, a.batch_size, a.lr, a.seed, widths=a.widths, init=a.init,
+                      val_per_class=a.val_per_class)
+    run_train(args, a.out, os.path.join(a.work_dir, 'train'))
+    print('training took %.1f min' % ((time.time() - t0) / 60), flush=True)
+    if not a.skip_eval:
+        subprocess.run([sys.executable, os.path.join(HERE, 'bench_quality.py'), '--model', a.out,
+                        '--device', a.device], check=True, cwd=REPO)
+    subprocess.run([sys.executable, os.path.join(HERE, 'write_model_card.py'), a.out], check=True, cwd=REPO)
+
+
+if __name__ == '__main__':
+    main()
