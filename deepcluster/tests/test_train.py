@@ -9,7 +9,8 @@ import torch
 from deepcluster.core import DeepClusterError
 from deepcluster.core.cli import main as cli_main
 from deepcluster.core.network import load_model, read_model_file
-from deepcluster.core.train import balanced_labels, parse_args, train
+from deepcluster.core.train import parse_args, train
+from deepcluster.core.training_data import balanced_labels
 from deepcluster.core.volumes import write_labels, write_volume
 
 SHAPES = ('ball', 'rod', 'ring')
