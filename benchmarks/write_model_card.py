@@ -13,6 +13,16 @@ sys.path.insert(0, os.path.dirname(HERE))
 from deepcluster.core.network import read_model_file   # noqa: E402
 
 
+def _init_lines(init):
+    """The stage this model was fine-tuned from (its own card, recursively)."""
+    hw = init.get('hardware') or {}
+    lines = ['- fine-tuned from `%s` (%s layers), which was trained by `%s`: %s steps x batch %s in '
+             '%.1f min on %s' % (init.get('path'), init.get('layers'), init.get('command'), init.get('steps'),
+                                 init.get('batch_size'), (init.get('seconds') or 0) / 60,
+                                 hw.get('gpu') or hw.get('device'))]
+    return lines + (_init_lines(init['init']) if init.get('init') else [])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('model')
@@ -36,6 +46,7 @@ def main(argv=None):
              % (', '.join(card.get('embedded', [])) or '-', ', '.join(card.get('membrane_bound', [])) or '-',
                 card.get('procedural')),
              '- command: `%s` (recipe: `make model`, benchmarks/train_shipped_model.py)' % card.get('command'),
+             *(_init_lines(card.get('init')) if card.get('init') else []),
              '- %s steps x batch %s = %s samples, fresh simulated data every step; optimiser %s'
              % (card.get('steps'), card.get('batch_size'), card.get('samples_seen'),
                 json.dumps(card.get('optimizer'))),

@@ -13,9 +13,9 @@ One call of ``Simulator.batch`` makes B subtomograms on the simulator's device:
    no defocus gradient across the tilted specimen), dose-symmetric exposure filter,
    B-factor envelope; noise is added only inside the sampled wedge, coloured
    |k|^alpha (back-projection ramp), so the wedge is empty of signal AND noise as
-   in a WBP reconstruction; half of the subtomograms (by default) are band-limited
-   as data acquired at a coarser voxel size (10-20 A) and Fourier-resampled to
-   this one, as the embedding does with real data at other voxel sizes;
+   in a WBP reconstruction; optionally (training: half of them) subtomograms are
+   band-limited as data acquired at a coarser voxel size (10-20 A) and
+   Fourier-resampled to this one, as the embedding does with real data;
 3. ``irfftn``, contrast sign, per-subtomogram normalisation (zero mean, unit std).
 
 Contrast convention: 'dark' (default) = protein darker than the background, as in
@@ -79,8 +79,8 @@ class SimulationConfig:
     noise_exponent: tuple = (-0.5, 1.0)     # noise amplitude ~ |k|^alpha
     max_shift: float = 1.0                  # voxels, uniform per axis (picking error)
     voxel_jitter: float = 0.04              # relative scale jitter (data resampled from other voxel sizes)
-    bandlimit_probability: float = 0.5      # data acquired at a coarser voxel size, then resampled:
-    bandlimit_voxel: tuple = (10.0, 20.0)   # its spectrum (signal and noise) stops at that Nyquist
+    bandlimit_probability: float = 0.0      # share of data acquired at a coarser voxel size and
+    bandlimit_voxel: tuple = (10.0, 20.0)   # resampled: its spectrum stops at that Nyquist (train: 0.5)
     crowding_probability: float = 0.5
     max_neighbours: int = 3
     neighbour_gap: tuple = (0.0, 80.0)      # surface-to-surface

@@ -77,7 +77,8 @@ def fingerprint(args):
     keys = ['data', 'structures', 'procedural', 'membrane_bound', 'embedded', 'negative', 'box', 'voxel_size',
             'snr', 'tilt_range', 'arch', 'widths', 'batch_size', 'lr', 'beta1', 'beta2', 'weight_decay',
             'seed', 'val_fraction', 'val_per_class', 'augment', 'label_smoothing', 'clip_grad',
-            'schedule', 'warmup_steps', 'sim_chunk', 'invert_contrast', 'data_voxel_size', 'init']
+            'schedule', 'warmup_steps', 'sim_chunk', 'invert_contrast', 'data_voxel_size', 'init',
+            'bandlimit_probability']
     return plain({k: getattr(args, k, None) for k in keys})
 
 
@@ -332,6 +333,10 @@ def add_parser(subparsers):
     d.add_argument('--snr', type=float, nargs=2, metavar=('LO', 'HI'), help='simulated SNR range')
     d.add_argument('--tilt-range', type=float, nargs='+', default=None, metavar='DEG',
                    help='simulated tilt range: DEG for ±DEG, or MIN MAX (default ±60)')
+    d.add_argument('--bandlimit-probability', type=float, default=0.5, metavar='P',
+                   help='simulation: share of subtomograms band-limited as if acquired at a coarser '
+                        'voxel size (10-20 A) and resampled, as real data at other voxel sizes are '
+                        '(default %(default)s)')
     d.add_argument('--sim-chunk', type=int, default=None,
                    help='simulate this many steps of batches at once (default 1 on CPU, 8 on GPU)')
     d.add_argument('--data-voxel-size', type=float, default=None, metavar='A',
@@ -406,6 +411,8 @@ def finalise_args(args):
         raise DeepClusterError('--voxel-size must be positive')
     if args.tilt_range and len(args.tilt_range) > 2:
         raise DeepClusterError('--tilt-range: give DEG or MIN MAX')
+    if not 0 <= args.bandlimit_probability <= 1:
+        raise DeepClusterError('--bandlimit-probability must be within 0..1')
     if not 0 <= args.val_fraction < 1:
         raise DeepClusterError('--val-fraction must be in [0, 1)')
     return args

@@ -137,7 +137,8 @@ class SimulatedData:
         if not templates:
             raise DeepClusterError('no training data: give --data FOLDER, or --structures and/or '
                                    '--procedural N')
-        want = {'box': args.box, 'voxel_size': args.voxel_size}
+        want = {'box': args.box, 'voxel_size': args.voxel_size,
+                'bandlimit_probability': args.bandlimit_probability}
         if args.snr:
             want['snr'] = tuple(args.snr)
         if args.tilt_range:
