@@ -181,14 +181,17 @@ class ProtDeepClusterBase(EMProtocol, ProtTomoBase):
                 m.set_data(np.ascontiguousarray(data))
                 m.voxel_size = vol.getSamplingRate()
 
-    def structurePaths(self):
-        """Structure inputs for the CLI: exported volumes and/or the user's paths."""
-        paths = []
-        if self.inputVolumes.hasValue():
-            paths.append(self._getTmpPath('structures'))
-        if self.structuresPath.get():
-            paths += self.structuresPath.get().split()
-        return paths
+    def structureArgs(self):
+        """CLI flags for the classes (simulate, train from structures): exported
+        volumes and/or the user's paths, procedural shapes, membrane-bound variants."""
+        paths = [self._getTmpPath('structures')] if self.inputVolumes.hasValue() else []
+        paths += (self.structuresPath.get() or '').split()
+        args = ['--structures'] + paths if paths else []
+        if self.procedural.get() > 0:
+            args += ['--procedural', self.procedural.get()]
+        if self.membraneBound.get():
+            args += ['--membrane-bound'] + self.membraneBound.get().split()
+        return args
 
     def copySubtomograms(self, inputSet, suffix=''):
         out = self._createSetOfSubTomograms(suffix)

@@ -69,13 +69,7 @@ class ProtDeepClusterSimulate(ProtDeepClusterBase):
                 '--box', self.boxSize.get(), '--voxel-size', self.samplingRate.get(),
                 '--tilt-range', self.tiltMin.get(), self.tiltMax.get(),
                 '--seed', self.seed.get()]
-        structures = self.structurePaths()
-        if structures:
-            args += ['--structures'] + structures
-        if self.procedural.get() > 0:
-            args += ['--procedural', self.procedural.get()]
-        if self.membraneBound.get():
-            args += ['--membrane-bound'] + self.membraneBound.get().split()
+        args += self.structureArgs()
         if not self.negative.get():
             args += ['--no-negative']
         if self.snrMin.get() > 0 and self.snrMax.get() > 0:

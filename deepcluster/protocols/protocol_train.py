@@ -87,13 +87,7 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
                      '--data-voxel-size', self.inputSubtomograms.get().getSamplingRate()]
         else:
             args += ['--voxel-size', self.samplingRate.get(), '--box', self.boxSize.get()]
-            structures = self.structurePaths()
-            if structures:
-                args += ['--structures'] + structures
-            if self.procedural.get() > 0:
-                args += ['--procedural', self.procedural.get()]
-            if self.membraneBound.get():
-                args += ['--membrane-bound'] + self.membraneBound.get().split()
+            args += self.structureArgs()
         self.runDeepCluster('train', args + self._deviceArgs())
 
     def createOutputStep(self):
