@@ -39,6 +39,8 @@ from .volumes import atomic_path, list_volume_files, pad_to_cube, read_volume
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 64
+CONTRAST_SAMPLE = 200      # files looked at to tell the data's contrast ('auto')
+CONTRASTS = ('auto', 'dark', 'bright')
 VOXEL_TOLERANCE = 1e-3   # relative: voxel sizes closer than this are taken as equal
 
 
@@ -231,6 +233,44 @@ def _reader(files, sizes, config, invert, batch_size, q, stop):
         q.put(e)
 
 
+def data_contrast(files, n=CONTRAST_SAMPLE):
+    """('dark' | 'bright', median skewness): which side of the background the
+    matter of a data set is on. Protein, membranes and beads are sparse, dense
+    objects, so the (lightly smoothed) intensities of a subtomogram have a heavy
+    tail on their side: negative skewness for dark protein. The median over up to
+    ``n`` evenly spaced files is robust to the odd empty or bead-filled box (on
+    simulated SHREC-like data: median -0.59 dark vs +0.64 bright; single
+    subtomograms are right 91-94% of the time)."""
+    from scipy.ndimage import gaussian_filter
+    from scipy.stats import skew
+    idx = np.unique(np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int))
+    values = []
+    for i in idx:
+        v = read_volume(files[i])[0]
+        a, b = [s // 4 for s in v.shape], [s - s // 4 for s in v.shape]
+        c = gaussian_filter(v.astype(np.float32), 1.0)[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+        if c.std() > 0:
+            values.append(float(skew(c.ravel())))
+    med = float(np.median(values)) if values else 0.0
+    return ('bright' if med > 0 else 'dark'), med
+
+
+def resolve_contrast(contrast, files, config):
+    """Whether to invert the data for the model: 'dark'/'bright' as the user says,
+    'auto' from ``data_contrast``; logged either way."""
+    if contrast not in CONTRASTS:
+        raise DeepClusterError('--contrast %s: expected one of %s' % (contrast, ', '.join(CONTRASTS)))
+    model_contrast = config.get('contrast', 'dark')
+    if contrast == 'auto':
+        contrast, med = data_contrast(files)
+        log.info('contrast: protein looks %s in these data (median skewness %+.2f over %d files); '
+                 'the model expects %s protein%s', contrast, med, min(len(files), CONTRAST_SAMPLE),
+                 model_contrast, ': inverting' if contrast != model_contrast else '')
+    elif contrast != model_contrast:
+        log.info('contrast: %s protein as given; the model expects %s: inverting', contrast, model_contrast)
+    return contrast != model_contrast
+
+
 def auto_threads():
     """CPU threads for the network while a reader thread prepares the next batch:
     one core for the reader, the rest for the network (at least 1)."""
@@ -238,16 +278,19 @@ def auto_threads():
 
 
 def embed_files(files, model_path=None, voxel_size=None, device='auto', batch_size=DEFAULT_BATCH,
-                invert_contrast=False, out=None, embedder=None, progress=True, threads=None):
+                invert_contrast=False, out=None, embedder=None, progress=True, threads=None,
+                contrast=None):
     """Features (N x 32 float32, input order) of MRC files; optionally write ``out``
     (.npy) and the ``.csv`` beside it. ``files``: anything ``list_volume_files`` takes.
-    ``threads``: torch CPU threads during the call (None: leave as is; 0: ``auto_threads``)."""
+    ``contrast``: the data's protein contrast, 'auto' | 'dark' | 'bright' (None: use
+    ``invert_contrast`` as given). ``threads``: torch CPU threads during the call
+    (None: leave as is; 0: ``auto_threads``)."""
     if threads is not None:
         before = torch.get_num_threads()
         torch.set_num_threads(threads or auto_threads())
         try:
             return embed_files(files, model_path, voxel_size, device, batch_size, invert_contrast,
-                               out, embedder, progress)
+                               out, embedder, progress, contrast=contrast)
         finally:
             torch.set_num_threads(before)
     files = list_volume_files(files)
@@ -257,6 +300,8 @@ def embed_files(files, model_path=None, voxel_size=None, device='auto', batch_si
     cfg = emb.config
     sizes, shapes = scan_headers(files, voxel_size)
     _report_geometry(files, sizes, shapes, cfg)
+    if contrast is not None:
+        invert_contrast = resolve_contrast(contrast, files, cfg)
     n = len(files)
     feats = np.empty((n, cfg.get('feature_dim', 32)), np.float32)
     q, stop = queue.Queue(maxsize=2), threading.Event()
@@ -349,9 +394,13 @@ def add_parser(subparsers):
                    '(default: the shipped model)')
     p.add_argument('--voxel-size', type=float, default=None, metavar='A',
                    help='voxel size of all inputs in Å (default: from each header)')
+    p.add_argument('--contrast', choices=CONTRASTS, default='auto',
+                   help='protein contrast of the data: dark (raw reconstructions), bright, or auto '
+                        '(default: told from the intensity skewness of up to %d files; logged). '
+                        'Data whose contrast differs from the model\'s are inverted' % CONTRAST_SAMPLE)
     p.add_argument('--invert-contrast', action='store_true',
-                   help='the data has bright protein on a dark background (the model expects '
-                        'the convention in its config: dark protein, as in raw tomograms)')
+                   help='invert the data whatever --contrast says (the model expects the contrast '
+                        'in its config: dark protein)')
     p.add_argument('--device', default='auto', help="'auto' (GPU if present), 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--batch-size', type=int, default=DEFAULT_BATCH)
     p.add_argument('--threads', type=int, default=0,
@@ -369,6 +418,7 @@ def _run(args):
     t = time.perf_counter()
     feats = embed_files(args.inputs, model_path=args.model, voxel_size=args.voxel_size,
                         device=args.device, batch_size=args.batch_size,
-                        invert_contrast=args.invert_contrast, out=args.out, threads=args.threads)
+                        invert_contrast=args.invert_contrast, out=args.out, threads=args.threads,
+                        contrast=None if args.invert_contrast else args.contrast)
     log.info('wrote %s (%d x %d) and %s in %.1f s', args.out, feats.shape[0], feats.shape[1],
              features_csv_path(args.out), time.perf_counter() - t)

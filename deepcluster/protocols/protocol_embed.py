@@ -9,6 +9,8 @@ from tomo.objects import SetOfSubTomograms
 from ..constants import FEATURE_ATTR, FEATURE_INDEX_ATTR
 from .protocol_base import ProtDeepClusterBase, featureString
 
+CONTRASTS = ('auto', 'dark', 'bright')
+
 
 class EmbedOutputs(Enum):
     subtomograms = SetOfSubTomograms
@@ -30,10 +32,13 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
 
     @staticmethod
     def _defineEmbedParams(form):
-        form.addParam('invertContrast', params.BooleanParam, default=False,
-                      expertLevel=params.LEVEL_ADVANCED, label='Protein is bright?',
-                      help='Set if protein density is brighter than the background in your '
-                           'subtomograms (raw cryo-ET reconstructions have dark protein).')
+        form.addParam('contrast', params.EnumParam, choices=list(CONTRASTS), default=0,
+                      display=params.EnumParam.DISPLAY_HLIST, expertLevel=params.LEVEL_ADVANCED,
+                      label='Protein contrast',
+                      help='dark: protein darker than the background (raw reconstructions); '
+                           'bright: the other way; auto: told from the data (skewness of the '
+                           'intensities, logged). The model expects dark protein: bright data '
+                           'are inverted.')
         form.addParam('batchSize', params.IntParam, default=64, validators=[params.GE(1)],
                       expertLevel=params.LEVEL_ADVANCED, label='Batch size')
 
@@ -56,8 +61,7 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
         args = [self._getExtraPath('subtomograms.txt'), '--out', self._featuresFn(),
                 '--voxel-size', self.inputSubtomograms.get().getSamplingRate(),
                 '--batch-size', self.batchSize.get()]
-        if self.invertContrast.get():
-            args.append('--invert-contrast')
+        args += ['--contrast', CONTRASTS[self.contrast.get()]]
         self.runDeepCluster('embed', args + self._modelArgs() + self._deviceArgs())
 
     def _embeddedSet(self):

@@ -206,3 +206,24 @@ def test_invert_contrast(files, model_path):
     flipped = embed_arrays([-v for v in vols], model, cfg, invert_contrast=True)
     assert np.allclose(plain, flipped, atol=1e-5)
     assert not np.allclose(plain, embed_arrays([-v for v in vols], model, cfg), atol=1e-3)
+
+
+def test_contrast_auto_tells_dark_from_bright_and_matches_the_model(files, model_path, tmp_path):
+    from deepcluster.core.embed import data_contrast
+    bright_dir = tmp_path / 'bright'
+    bright_dir.mkdir()
+    bright = []
+    for p in files:
+        q = str(bright_dir / os.path.basename(p))
+        write_volume(q, -mrcfile.read(p), 10.0)
+        bright.append(q)
+    assert data_contrast(files)[0] == 'dark' and data_contrast(bright)[0] == 'bright'
+    dark_auto = embed_files(files, model_path, device='cpu', contrast='auto', progress=False)
+    bright_auto = embed_files(bright, model_path, device='cpu', contrast='auto', progress=False)
+    np.testing.assert_allclose(dark_auto, bright_auto, atol=1e-5)     # inverted to the model's
+    np.testing.assert_allclose(dark_auto, embed_files(files, model_path, device='cpu', contrast='dark',
+                                                      progress=False), atol=1e-6)
+    assert not np.allclose(dark_auto, embed_files(files, model_path, device='cpu', contrast='bright',
+                                                  progress=False), atol=1e-3)
+    with pytest.raises(DeepClusterError, match='--contrast grey'):
+        embed_files(files, model_path, device='cpu', contrast='grey', progress=False)

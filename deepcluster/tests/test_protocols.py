@@ -64,6 +64,8 @@ class TestDeepClusterChain(BaseTest):
     def test_embedded_set_keeps_items_and_adds_features(self):
         out = self.embed.subtomograms
         self.assertEqual(out.getSize(), self.sim.subtomograms.getSize())
+        log = open(self.embed.getLogPaths()[0]).read()
+        self.assertIn('protein looks dark', log)            # contrast told from the data
         feats = np.load(self.embed._getExtraPath('features.npy'))
         self.assertEqual(feats.shape, (out.getSize(), 32))
         for item, row in zip(out.iterItems(orderBy='id'), feats):
