@@ -22,6 +22,7 @@ BENCHES = [
     ('embed', ['bench_embed.py', '--parts', 'speed', 'disk', 'gpu']),
     ('cluster', ['bench_cluster.py', '--parts', 'scale', 'auto_k_time']),
     ('quality', ['bench_quality.py']),
+    ('physical', ['bench_physical.py']),
     ('invariance', ['bench_embed.py', '--parts', 'invariance', '--models',
                     os.path.join(REPO, 'deepcluster', 'models', 'default.pt')]),
 ]
