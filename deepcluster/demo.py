@@ -7,6 +7,7 @@ pyworkflow is imported only inside ``run_demo`` (after the headless setup), so
 importing this module is cheap and Scipion-free.
 """
 import json
+import logging
 import os
 import shutil
 import sys
@@ -48,6 +49,7 @@ def _launch(project, prot, title):
 def run_demo(args):
     headless.configure()
     from pyworkflow.project import Manager
+    logging.getLogger().setLevel(logging.WARNING)   # pyworkflow's per-run chatter; runs keep their logs
     t0 = time.time()
     report = os.path.abspath(args.out)
     structures = os.path.abspath(args.structures) if args.structures else None
