@@ -28,6 +28,8 @@ def default_home():
 def configure(home=None, user_data=None):
     """Set the SCIPION_* variables (setdefault: the caller's values win)."""
     if 'pyworkflow' in sys.modules:
+        if os.environ.get('SCIPION_DOMAIN') and os.environ.get('SCIPION_HOME'):
+            return os.environ['SCIPION_HOME']      # configured before the import: nothing to do
         raise RuntimeError('deepcluster.headless.configure() must run before pyworkflow '
                            'is imported (its config is read at import time).')
     home = os.environ.get('SCIPION_HOME') or home or default_home()
