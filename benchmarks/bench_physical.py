@@ -25,9 +25,8 @@ sys.path.insert(0, REPO)
 from bench_quality import SHREC, structures_root                     # noqa: E402
 from deepcluster.core import cluster                                 # noqa: E402
 from deepcluster.core.embed import Embedder, embed_arrays, resolve_contrast  # noqa: E402
-from deepcluster.core.volumes import fit_box, read_volume, write_volume  # noqa: E402
+from deepcluster.core.volumes import fit_box, pad_to_cube, read_volume, resample, write_volume  # noqa: E402
 
-BOX, PAD, VOXEL = 40, 64, 10.0
 
 
 def random_rotation(rng):
@@ -38,11 +37,11 @@ def random_rotation(rng):
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
-def place(density, rng):
-    """The map in a PAD^3 box, randomly rotated about its centre, shifted <= 1 voxel."""
-    vol = fit_box(density / density.max(), PAD, fill=0.0)
+def place(density, rng, pad):
+    """The map in a pad^3 box, randomly rotated about its centre, shifted <= 1 voxel."""
+    vol = fit_box(density / density.max(), pad, fill=0.0)
     R = random_rotation(rng)
-    c = (PAD - 1) / 2.0
+    c = (pad - 1) / 2.0
     offset = c - R @ (np.full(3, c) + rng.uniform(-1, 1, 3))
     return ndimage.affine_transform(vol, R, offset=offset, order=1)
 
@@ -55,10 +54,10 @@ def ctf_2d(n, voxel, defocus_a=30000.0, kv=300.0, cs_mm=2.7, amp=0.07):
     return -np.sin(chi + math.asin(amp))
 
 
-def tilt_series_subtomogram(vol, rng, angles, dose_per_tilt, contrast=0.1):
+def tilt_series_subtomogram(vol, rng, angles, dose_per_tilt, voxel, box, contrast=0.1):
     """Project at each tilt (beam z, axis y), CTF, Poisson, ramp filter, back-project."""
     n = vol.shape[0]
-    ctf = ctf_2d(n, VOXEL)
+    ctf = ctf_2d(n, voxel)
     ramp = np.abs(np.fft.fftfreq(n))[None, :] * 2 + 1.0 / n
     recon = np.zeros_like(vol)
     for a in angles:
@@ -70,7 +69,7 @@ def tilt_series_subtomogram(vol, rng, angles, dose_per_tilt, contrast=0.1):
         img = np.real(np.fft.ifft(np.fft.fft(img, axis=1) * ramp, axis=1))      # weighting
         smear = np.broadcast_to(img, vol.shape)
         recon += ndimage.rotate(smear, -a, axes=(0, 2), reshape=False, order=1)
-    return fit_box(recon, BOX)
+    return fit_box(recon, box)
 
 
 def main(argv=None):
@@ -78,36 +77,50 @@ def main(argv=None):
     ap.add_argument('--model', default=None)
     ap.add_argument('--n-per-class', type=int, default=20)
     ap.add_argument('--dose', type=float, default=12000.0,
-                    help='electrons per pixel over the series (120 e/A^2 at 10 A/pixel)')
+                    help='electrons per 10x10 A^2 over the series (default: 120 e/A^2)')
     ap.add_argument('--seed', type=int, default=99)
+    ap.add_argument('--voxel-size', type=float, default=10.0,
+                    help='voxel size of the tilt series (the box keeps ~40 nm; embed resamples)')
     ap.add_argument('--save', default=None, help='also write the subtomograms (.mrc) here')
-    ap.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_physical.json'))
+    ap.add_argument('--out', default=None, help='JSON (default results/bench_physical[_VOXEL].json)')
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
+    voxel = a.voxel_size
+    a.out = a.out or os.path.join(HERE, 'results', 'bench_physical%s.json'
+                                  % ('' if voxel == 10.0 else '_%g' % voxel))
+    box = int(round(400.0 / voxel))
+    pad = int(round(640.0 / voxel))
     angles = np.arange(-60, 61, 3.0)
     maps = os.path.join(structures_root(), 'maps_10A')
     t0 = time.time()
     vols, truth = [], []
     for name in SHREC + ['negative']:
-        density = None if name == 'negative' else read_volume(os.path.join(maps, name + '.mrc'))[0]
+        density = None
+        if name != 'negative':
+            density = read_volume(os.path.join(maps, name + '.mrc'))[0]
+            if voxel != 10.0:
+                density = resample(pad_to_cube(density), 10.0, voxel)[0]
         for _ in range(a.n_per_class):
-            v = np.zeros((PAD,) * 3, np.float32) if density is None else place(density, rng)
-            vols.append(tilt_series_subtomogram(v, rng, angles, a.dose * PAD / len(angles) / PAD))
+            v = np.zeros((pad,) * 3, np.float32) if density is None else place(density, rng, pad)
+            # dose per pixel and tilt: 120 e/A^2 over the series
+            vols.append(tilt_series_subtomogram(v, rng, angles, a.dose * (voxel / 10.0) ** 2 / len(angles),
+                                                voxel, box))
             truth.append(name)
     t_sim = time.time() - t0
     vols = np.stack(vols).astype(np.float32)
     if a.save:
         os.makedirs(a.save, exist_ok=True)
         for i, v in enumerate(vols):
-            write_volume(os.path.join(a.save, 'phys_%04d.mrc' % i), v, VOXEL)
+            write_volume(os.path.join(a.save, 'phys_%04d.mrc' % i), v, voxel)
     emb = Embedder.from_file(a.model)
     invert = False
     if a.save:
         invert = resolve_contrast('auto', [os.path.join(a.save, 'phys_%04d.mrc' % i) for i in range(len(vols))],
                                   emb.config)
-    X = embed_arrays(vols, emb, emb.config, voxel_size=VOXEL, invert_contrast=invert)
+    X = embed_arrays(vols, emb, emb.config, voxel_size=voxel, invert_contrast=invert)
     truth = np.array(truth)
-    res = {'n': len(truth), 'k': 14, 'dose_e_per_pixel': a.dose, 'tilts': '-60..60 step 3',
+    res = {'n': len(truth), 'k': 14, 'voxel_size': voxel, 'box': box,
+           'dose_e_per_A2': a.dose / 100.0, 'tilts': '-60..60 step 3',
            'simulation_seconds': round(t_sim, 1), 'inverted': bool(invert)}
     for k in (14,):
         lab, _, _ = cluster.cluster_features(X, k, seed=0, scores=False)

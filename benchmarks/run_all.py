@@ -23,6 +23,7 @@ BENCHES = [
     ('cluster', ['bench_cluster.py', '--parts', 'scale', 'auto_k_time']),
     ('quality', ['bench_quality.py']),
     ('physical', ['bench_physical.py']),
+    ('physical13.68', ['bench_physical.py', '--voxel-size', '13.68']),
     ('invariance', ['bench_embed.py', '--parts', 'invariance', '--models',
                     os.path.join(REPO, 'deepcluster', 'models', 'default.pt')]),
 ]
