@@ -130,7 +130,7 @@ import json, sys, time
 sys.path.insert(0, %(root)r)
 from deepcluster.core.embed import embed_files
 t = time.perf_counter()
-f = embed_files([%(lst)r], %(model)r, device='cpu', batch_size=%(bs)d, out=%(out)r, progress=False, threads=0)
+f = embed_files([%(lst)r], %(model)r, device='cpu', batch_size=%(bs)d, out=%(out)r, progress=False, threads=0, contrast='auto')
 dt = time.perf_counter() - t
 hwm = [int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]
 print(json.dumps({'n': len(f), 'seconds': round(dt, 2), 'per_s': round(len(f) / dt, 1), 'peak_rss_mb': round(hwm, 1)}))
