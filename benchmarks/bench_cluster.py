@@ -32,6 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from deepcluster.core import cluster as C  # noqa: E402
+from deepcluster.core import evaluation as E, k_selection as KS  # noqa: E402
 
 REF_N_INIT = 10
 DATA = dict(separation=10.0, anisotropy=8.0, imbalance=10.0)
@@ -97,7 +98,7 @@ def bench_switch(ns=(100_000, 200_000, 400_000), k=20):
     from sklearn.cluster import KMeans
     rows = []
     for n in ns:
-        X, y = C.synthetic_features(n, k, seed=1, **DATA)
+        X, y = E.synthetic_features(n, k, seed=1, **DATA)
         t = time.time()
         km = KMeans(k, n_init=C.N_INIT, random_state=0).fit(X)
         t_full = time.time() - t
@@ -125,7 +126,7 @@ def bench_scale(n, k, variants):
     from sklearn.metrics import adjusted_rand_score, v_measure_score
     tmp = tempfile.mkdtemp(prefix='bench_cluster_')
     t = time.time()
-    X, y = C.synthetic_features(n, k, seed=0, **DATA)
+    X, y = E.synthetic_features(n, k, seed=0, **DATA)
     npy = os.path.join(tmp, 'X.npy')
     np.save(npy, X)
     with open(os.path.join(tmp, 'X.csv'), 'w') as f:     # row names, as "embed" writes them
@@ -173,26 +174,26 @@ def bench_auto_k(quick=False):
     n = 3000
     k_range = (2, 20)
     results = []
-    criteria = list(C.K_CRITERIA) + ['bic:diag']
+    criteria = list(KS.K_CRITERIA) + ['bic:diag']
     hits = {c: 0 for c in criteria}
     secs = {c: 0.0 for c in criteria}
     for i, g in enumerate(grid):
-        X, y = C.synthetic_features(n, g['k'], seed=100 + i, anisotropy=8.0,
+        X, y = E.synthetic_features(n, g['k'], seed=100 + i, anisotropy=8.0,
                                     separation=g['separation'], imbalance=g['imbalance'],
                                     sphere=g['sphere'])
         lab, _, _ = C.cluster_features(X, g['k'], seed=0, scores=False)
-        row = dict(g, n=n, v_measure_at_true_k=round(C.evaluate(y, lab)['v_measure'], 3))
+        row = dict(g, n=n, v_measure_at_true_k=round(E.evaluate(y, lab)['v_measure'], 3))
         for crit in criteria:
             name, _, cov = crit.partition(':')
-            C.BIC_COVARIANCE = cov or 'full'
+            KS.BIC_COVARIANCE = cov or 'full'
             t = time.time()
-            kk, _ = C.choose_k(X, k_range, criterion=name, seed=0)
+            kk, _ = KS.choose_k(X, k_range, criterion=name, seed=0)
             dt = time.time() - t
             row[crit] = kk
             row[crit + '_s'] = round(dt, 2)
             hits[crit] += int(kk == g['k'])
             secs[crit] += dt
-        C.BIC_COVARIANCE = 'full'
+        KS.BIC_COVARIANCE = 'full'
         results.append(row)
         print(json.dumps(row), flush=True)
     return summarise_auto_k({'n_sets': len(grid), 'k_range': list(k_range), 'items_per_set': n,
@@ -217,9 +218,9 @@ def summarise_auto_k(res, well=0.99):
 
 
 def bench_auto_k_time(n=10000):
-    X, y = C.synthetic_features(n, 10, seed=5, separation=20.0, anisotropy=8.0, imbalance=10.0)
+    X, y = E.synthetic_features(n, 10, seed=5, separation=20.0, anisotropy=8.0, imbalance=10.0)
     t = time.time()
-    k, curve = C.choose_k(X, (2, 20), seed=0)
+    k, curve = KS.choose_k(X, (2, 20), seed=0)
     return {'n': n, 'true_k': 10, 'chosen_k': k, 'criterion': curve['method'], 'k_range': [2, 20],
             'data': 'synthetic_features separation 20, anisotropy 8, imbalance 10',
             'items_used': curve['n_used'], 'seconds': round(time.time() - t, 2)}
@@ -259,7 +260,7 @@ def main():
     res = {'conditions_start': conditions(),
            'constants': {'FULL_FIT_MAX': C.FULL_FIT_MAX, 'FIT_SAMPLE': C.FIT_SAMPLE,
                          'REFINE_STEPS': C.REFINE_STEPS, 'N_INIT': C.N_INIT,
-                         'K_SAMPLE': C.K_SAMPLE, 'DEFAULT_K_CRITERION': C.DEFAULT_K_CRITERION}}
+                         'K_SAMPLE': KS.K_SAMPLE, 'DEFAULT_K_CRITERION': KS.DEFAULT_K_CRITERION}}
     if os.path.isfile(a.out):   # keep parts not rerun
         with open(a.out) as f:
             old = json.load(f)

@@ -220,7 +220,7 @@ def _simulate(sim, labels, seed, device, clean=False):
 
 
 def quality(models, structures=None, n_per_class=50, seed=12345, snr=None, device='cpu', negative=False):
-    from deepcluster.core import cluster
+    from deepcluster.core import cluster, evaluation
     paths = _structures(structures)
     res = {'structures': [os.path.basename(p) for p in paths], 'n_per_class': n_per_class,
            'seed': seed, 'negative': negative, 'snr': snr}
@@ -236,13 +236,13 @@ def quality(models, structures=None, n_per_class=50, seed=12345, snr=None, devic
         dt = time.perf_counter() - t
         truth = np.array(sim.class_names)[labels]
         pred, _, _ = cluster.cluster_features(X, k, seed=0, scores=False)
-        ev = cluster.evaluate(truth, pred)
+        ev = evaluation.evaluate(truth, pred)
         r = {'arch': cfg['arch'], 'k': k, 'n': len(X), 'l2_features': emb.model.l2_features,
              **{m: round(ev[m], 4) for m in ('v_measure', 'homogeneity', 'completeness', 'ari')},
              'embed_per_s': round(len(X) / dt, 1), 'trained_val_acc': cfg.get('metrics', {}).get('val_acc')}
         emb.model.l2_features = not emb.model.l2_features      # the other feature convention
         X2 = embed_arrays(vols, emb, cfg, batch_size=128)
-        ev2 = cluster.evaluate(truth, cluster.cluster_features(X2, k, seed=0, scores=False)[0])
+        ev2 = evaluation.evaluate(truth, cluster.cluster_features(X2, k, seed=0, scores=False)[0])
         r['v_measure_l2_features_%s' % ('on' if emb.model.l2_features else 'off')] = round(ev2['v_measure'], 4)
         res[os.path.basename(mp)] = r
     return res

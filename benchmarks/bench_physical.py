@@ -23,7 +23,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 from bench_quality import SHREC, structures_root                     # noqa: E402
-from deepcluster.core import cluster                                 # noqa: E402
+from deepcluster.core import cluster, evaluation                     # noqa: E402
 from deepcluster.core.embed import Embedder, embed_arrays, resolve_contrast  # noqa: E402
 from deepcluster.core.volumes import fit_box, pad_to_cube, read_volume, resample, write_volume  # noqa: E402
 
@@ -124,7 +124,7 @@ def main(argv=None):
            'simulation_seconds': round(t_sim, 1), 'inverted': bool(invert)}
     for k in (14,):
         lab, _, _ = cluster.cluster_features(X, k, seed=0, scores=False)
-        ev = cluster.evaluate(truth, lab)
+        ev = evaluation.evaluate(truth, lab)
         res.update({m: round(ev[m], 4) for m in ('v_measure', 'homogeneity', 'completeness', 'ari')})
         res['contingency'] = ev['contingency']
     print('physical tilt-series test: V-measure %.3f (homogeneity %.3f, completeness %.3f), n=%d'

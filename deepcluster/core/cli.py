@@ -13,7 +13,7 @@ from . import DeepClusterError
 
 # command modules, in the order --help lists them. The demo runs a Scipion project,
 # so it lives outside core (it imports pyworkflow only when it runs).
-COMMAND_MODULES = ['deepcluster.core.simulate', 'deepcluster.core.train', 'deepcluster.core.embed',
+COMMAND_MODULES = ['deepcluster.core.simulate_cli', 'deepcluster.core.train', 'deepcluster.core.embed',
                    'deepcluster.core.cluster_cli', 'deepcluster.demo']
 
 

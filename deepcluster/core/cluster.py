@@ -6,11 +6,8 @@ range of k (Fig. 3C/D) and a contingency matrix (Fig. 4B).
 
 Python API (labels are 0-based here; the CLI writes them 1-based, as Scipion does):
   cluster_features(X, k, method='kmeans', seed=0) -> (labels, distances, info)
-  choose_k(X, k_range=(2, 20), method='kmeans', seed=0, criterion=...) -> (k, curve)
-  evaluate(truth, pred) -> dict of metrics + contingency table
-  sweep_k(X, truth, ks, method='kmeans', seed=0) -> [per-k metrics]
   class_representatives(X, labels, centroids) -> index of the member nearest each centroid
-  synthetic_features(n, k, ...) -> (X, truth): test data with known classes
+The choice of k is in k_selection.py, scores against ground truth in evaluation.py.
 
 Clusters are numbered by size: cluster 0 (class 1 in the CLI) is the largest.
 
@@ -39,8 +36,6 @@ from . import DeepClusterError
 log = logging.getLogger(__name__)
 
 METHODS = ('kmeans', 'gmm', 'agglomerative', 'hdbscan')
-K_CRITERIA = ('silhouette', 'bic', 'stability', 'calinski_harabasz')
-DEFAULT_K_CRITERION = 'silhouette'   # see choose_k for the measured reason
 FULL_FIT_MAX = 200_000      # above this k-means fits a subsample, then refines on all
 FIT_SAMPLE = 100_000        # subsample size for the large-N restarts
 REFINE_TOP = 3              # best subsample restarts polished on all items
@@ -52,10 +47,6 @@ N_INIT = 10                 # k-means restarts
 AGGLO_MAX = 10_000          # agglomerative (O(N^2)) fits at most this many items
 HDBSCAN_MAX = 20_000        # hdbscan fits at most this many items
 SCORE_SAMPLE = 5_000        # internal scores (silhouette...) on at most this many items
-K_SAMPLE = 4_000            # choice of k works on at most this many items
-K_N_INIT = 10               # k-means restarts per k when choosing k
-BIC_COVARIANCE = 'full'     # GMM covariance of the BIC criterion
-SWEEP_SAMPLE = 20_000       # metric sweep over k on at most this many items
 SINGLE_THREAD_MAX = 20_000  # below this many items, one thread (see _threads)
 
 
@@ -357,197 +348,3 @@ def class_representatives(X, labels, centroids):
             if d[i] < best[j]:
                 best[j], rep[j] = d[i], a + m[i]
     return rep
-
-
-# ----------------------------------------------------------------- choice of k
-def _stability(Xs, k, seed, pairs=4, frac=0.8):
-    """Mean ARI between k-means runs on overlapping random 80% subsets (on the overlap)."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score
-    rng = np.random.default_rng(seed + 7919 * k)
-    n = len(Xs)
-    m = int(frac * n)
-    vals = []
-    for p in range(pairs):
-        a = rng.choice(n, m, replace=False)
-        b = rng.choice(n, m, replace=False)
-        la = np.full(n, -1)
-        lb = np.full(n, -1)
-        la[a] = KMeans(k, n_init=2, random_state=seed + 2 * p).fit_predict(Xs[a])
-        lb[b] = KMeans(k, n_init=2, random_state=seed + 2 * p + 1).fit_predict(Xs[b])
-        both = (la >= 0) & (lb >= 0)
-        vals.append(adjusted_rand_score(la[both], lb[both]))
-    return float(np.mean(vals))
-
-
-def choose_k(X, k_range=(2, 20), method='kmeans', seed=0, criterion=DEFAULT_K_CRITERION,
-             sample=K_SAMPLE, all_criteria=False):
-    """Choose the number of clusters from the data; return (k, curve).
-
-    Criteria, all on a seeded subsample of ``sample`` items:
-      silhouette         mean silhouette of k-means (``method``) clusterings; max.
-      bic                Bayesian information criterion of a full-covariance GMM; min.
-      stability          agreement (ARI) of k-means on random 80% subsets; max
-                         (ties within 0.01: the largest k).
-      calinski_harabasz  between/within dispersion ratio of k-means; max.
-    Default: silhouette, because it was by far the most accurate, at a quarter
-    of BIC's cost. Measured by benchmarks/bench_cluster.py (``auto_k``): 24 synthetic
-    sets of 3000 items in 32-d with known k in {3, 8, 13}: randomly rotated
-    anisotropic Gaussian clusters (axis s.d. ratio 8), sizes 10:1, centre
-    separation 12 or 20, half of them L2-normalised onto the hypersphere; k
-    searched in 2..20. Right k: silhouette 17/24 (16 of the 17 sets that
-    k-means itself separates at the true k, V >= 0.99; mean |k error| 0.06
-    there), BIC 10/24 (10/17; full covariances, 528 numbers per cluster in 32-d,
-    are starved by small clusters so it under-counts; diagonal ones over-split
-    anisotropic clusters: 0/24), stability 3/24 and Calinski-Harabasz 2/24 (both
-    favour small k). Time for all 24 sets on a busy 2-core CPU: silhouette 95 s,
-    BIC 382 s, stability 61 s, Calinski-Harabasz 41 s. Silhouette's known
-    weakness: with hierarchical structure (two classes much closer to each
-    other than to the rest) it may merge them (1 of the 17 sets).
-    ``all_criteria`` computes every criterion for the curve (the chosen k
-    still comes from ``criterion``).
-
-    curve: {'method': criterion, 'k': [...], 'scores': {criterion: [...]},
-            'better': {criterion: 'max'|'min'}, 'chosen': k, 'n_used', 'seconds'}.
-    """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import calinski_harabasz_score, silhouette_score
-    t0 = time.time()
-    X = check_features(X)
-    if criterion not in K_CRITERIA:
-        raise DeepClusterError('k criterion %r: choose one of %s' % (criterion, ', '.join(K_CRITERIA)))
-    idx = _subsample(len(X), sample, seed)
-    Xs = np.asarray(X[idx], np.float64)
-    lo, hi = int(k_range[0]), int(k_range[1])
-    if lo < 2 or hi < lo:
-        raise DeepClusterError('--k-range %s %s: need 2 <= low <= high' % (k_range[0], k_range[1]))
-    hi = min(hi, len(Xs) - 1)
-    if hi < lo:
-        raise DeepClusterError('only %d items: too few to choose k in %s..%s'
-                               % (len(X), k_range[0], k_range[1]))
-    ks = list(range(lo, hi + 1))
-    wanted = K_CRITERIA if all_criteria else (criterion,)
-    scores = {c: [] for c in wanted}
-    better = {'silhouette': 'max', 'bic': 'min', 'stability': 'max', 'calinski_harabasz': 'max'}
-    with _threads(len(Xs)):
-        for k in ks:
-            if 'silhouette' in wanted or 'calinski_harabasz' in wanted:
-                if method in ('kmeans', 'gmm'):
-                    lab = KMeans(k, n_init=K_N_INIT, random_state=seed).fit_predict(Xs)
-                else:
-                    lab, _, _ = cluster_features(Xs, k, method, seed, scores=False)
-                if 'silhouette' in wanted:
-                    scores['silhouette'].append(float(silhouette_score(Xs, lab)))
-                if 'calinski_harabasz' in wanted:
-                    scores['calinski_harabasz'].append(float(calinski_harabasz_score(Xs, lab)))
-            if 'bic' in wanted:
-                from sklearn.mixture import GaussianMixture
-                gm = GaussianMixture(k, covariance_type=BIC_COVARIANCE, n_init=2, reg_covar=1e-5,
-                                     random_state=seed).fit(Xs)
-                scores['bic'].append(float(gm.bic(Xs)))
-            if 'stability' in wanted:
-                scores['stability'].append(_stability(Xs, k, seed))
-    v = np.asarray(scores[criterion])
-    if criterion == 'stability':
-        chosen = ks[int(np.nonzero(v >= v.max() - 0.01)[0].max())]
-    elif better[criterion] == 'max':
-        chosen = ks[int(np.argmax(v))]
-    else:
-        chosen = ks[int(np.argmin(v))]
-    curve = {'method': criterion, 'k': ks, 'scores': scores,
-             'better': {c: better[c] for c in scores}, 'chosen': int(chosen),
-             'n_used': int(len(idx)), 'seconds': round(time.time() - t0, 3)}
-    log.info('choice of k by %s on %d items: k = %d (%.1f s)', criterion, len(idx), chosen,
-             curve['seconds'])
-    return int(chosen), curve
-
-
-# -------------------------------------------------------------------- metrics
-def evaluate(truth, pred):
-    """External scores of a clustering against true classes (paper 4.3).
-
-    Returns {'n', 'homogeneity', 'completeness', 'v_measure', 'ari', 'nmi',
-    'contingency': {'classes', 'clusters', 'matrix' (rows = classes)}}. Items
-    with pred == -1 (noise) count as a cluster of their own.
-    """
-    from sklearn import metrics
-    from .plots import contingency_table
-    truth = np.asarray(truth)
-    pred = np.asarray(pred)
-    if len(truth) != len(pred):
-        raise DeepClusterError('truth has %d labels but the clustering %d' % (len(truth), len(pred)))
-    if len(truth) == 0:
-        raise DeepClusterError('no items to evaluate')
-    t = truth.astype(str)
-    h, c, v = metrics.homogeneity_completeness_v_measure(t, pred)
-    m, classes, clusters = contingency_table(t, pred)
-    return {'n': int(len(t)), 'homogeneity': float(h), 'completeness': float(c),
-            'v_measure': float(v), 'ari': float(metrics.adjusted_rand_score(t, pred)),
-            'nmi': float(metrics.normalized_mutual_info_score(t, pred)),
-            'contingency': {'classes': [str(x) for x in classes],
-                            'clusters': [int(x) if np.asarray(x).dtype.kind in 'iu' else str(x)
-                                         for x in clusters],
-                            'matrix': m.tolist()}}
-
-
-def sweep_k(X, truth, ks, method='kmeans', seed=0, sample=SWEEP_SAMPLE, n_init=4):
-    """Homogeneity, completeness, V-measure, ARI, NMI for each k (paper Fig. 3C/D).
-
-    Runs on a seeded subsample of at most ``sample`` items with ``n_init``
-    restarts per k. Returns [{'k', 'homogeneity', 'completeness', 'v_measure',
-    'ari', 'nmi', 'inertia'}...] (plots.plot_metrics_vs_k draws it).
-    """
-    X = check_features(X)
-    truth = np.asarray(truth)
-    if len(truth) != len(X):
-        raise DeepClusterError('truth has %d labels but there are %d feature rows'
-                               % (len(truth), len(X)))
-    idx = _subsample(len(X), sample, seed)
-    Xs, ts = np.asarray(X[idx], np.float32), truth[idx]
-    out = []
-    with _threads(len(Xs)):
-        for k in ks:
-            if k > len(Xs):
-                break
-            lab, _, info = cluster_features(Xs, k, method, seed, n_init=n_init, scores=False)
-            e = evaluate(ts, lab)
-            e.pop('contingency')
-            e.update(k=int(info['k']), inertia=info['inertia'])
-            out.append(e)
-    return out
-
-
-# -------------------------------------------------------------- synthetic data
-def synthetic_features(n, k, dim=32, seed=0, separation=8.0, anisotropy=4.0, imbalance=5.0,
-                       sphere=False):
-    """Gaussian clusters with known labels, for tests, benchmarks and demos.
-
-    Each cluster is a randomly rotated Gaussian whose axis standard deviations
-    spread log-uniformly over [1/sqrt(a), sqrt(a)] (a = ``anisotropy``; about 1
-    on average). Centres are random with typical pairwise distance
-    ``separation`` (in those noise units: 8 is well separated, 4 overlaps).
-    Sizes are geometric: the largest is ``imbalance`` times the smallest.
-    ``sphere`` L2-normalises the rows afterwards (features may be normalised
-    embeddings; the clusters become caps on the hypersphere). Returns
-    (X float32 n x dim, labels int 0..k-1), rows shuffled.
-    """
-    rng = np.random.default_rng(seed)
-    w = float(imbalance) ** (-np.arange(k) / max(1, k - 1))
-    sizes = np.maximum(1, np.floor(w / w.sum() * n).astype(int))
-    sizes[0] += n - sizes.sum()
-    centres = rng.normal(0, separation / np.sqrt(2.0 * dim), (k, dim))
-    if sphere:   # keep the caps apart after normalisation: move the centres off the origin
-        centres += rng.normal(0, 1, dim) * separation / np.sqrt(dim) * 2
-    X = np.empty((n, dim), np.float32)
-    y = np.empty(n, np.int64)
-    a = 0
-    for j, s in enumerate(sizes):
-        q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
-        sd = np.sqrt(anisotropy) ** rng.uniform(-1, 1, dim)
-        X[a:a + s] = centres[j] + (rng.normal(size=(s, dim)) * sd) @ q.T
-        y[a:a + s] = j
-        a += s
-    if sphere:
-        X /= np.linalg.norm(X, axis=1, keepdims=True)
-    perm = rng.permutation(n)
-    return X[perm], y[perm]

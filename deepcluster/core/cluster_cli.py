@@ -11,9 +11,9 @@ import os
 import numpy as np
 
 from . import DeepClusterError
-from .cluster import (METHODS, K_CRITERIA, DEFAULT_K_CRITERION, N_INIT, SWEEP_SAMPLE,
-                      check_features, check_k, choose_k, class_representatives, cluster_features,
-                      evaluate, sweep_k)
+from .cluster import METHODS, N_INIT, check_features, check_k, class_representatives, cluster_features
+from .evaluation import SWEEP_SAMPLE, evaluate, sweep_k
+from .k_selection import DEFAULT_K_CRITERION, K_CRITERIA, choose_k
 
 log = logging.getLogger(__name__)
 

@@ -335,7 +335,7 @@ def plot_metrics_vs_k(png, sweep, title='Clustering vs number of clusters', true
     """V-measure, homogeneity and completeness (and ARI if present) vs k (Fig. 3C/D).
 
     ``sweep``: list of {'k', 'v_measure', 'homogeneity', 'completeness', ...}
-    (what ``cluster.sweep_k`` returns) or a dict of lists. The best V-measure is
+    (what ``evaluation.sweep_k`` returns) or a dict of lists. The best V-measure is
     marked; ``true_k`` (the number of true classes) is drawn as a dotted line.
     """
     cols = _sweep_columns(sweep)
@@ -370,7 +370,7 @@ def plot_metrics_vs_k(png, sweep, title='Clustering vs number of clusters', true
 def plot_k_selection(png, curve, title=None):
     """Score curve(s) of the automatic choice of k, with the chosen k marked.
 
-    ``curve`` (what ``cluster.choose_k`` returns): {'method', 'k': [...],
+    ``curve`` (what ``k_selection.choose_k`` returns): {'method', 'k': [...],
     'scores': {criterion: [...]}, 'chosen': k, 'better': {criterion: 'max'|'min'}}.
     One panel per criterion; the criterion that decided is named in the title.
     """
@@ -475,8 +475,8 @@ def write_cluster_report(out_dir, X, labels, truth=None, sweep=None, curve=None,
 
     ``labels``: per-item cluster ids as they should be shown (the CLI passes the
     1-based ids it writes); ``truth``: per-item true class names or None;
-    ``sweep``: metrics vs k (``cluster.sweep_k``); ``curve``: the k choice
-    (``cluster.choose_k``); ``gallery``: {class name: [slices]}. Files:
+    ``sweep``: metrics vs k (``evaluation.sweep_k``); ``curve``: the k choice
+    (``k_selection.choose_k``); ``gallery``: {class name: [slices]}. Files:
     embedding.png, cluster_sizes.png, contingency.png, metrics_vs_k.png,
     k_selection.png, gallery.png.
     """

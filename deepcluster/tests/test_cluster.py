@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from deepcluster.core import DeepClusterError, cluster, cluster_cli
+from deepcluster.core import DeepClusterError, cluster, cluster_cli, evaluation, k_selection
 from deepcluster.core.cli import main
 
 
 def blobs(n=600, k=4, seed=0, **kw):
     kw.setdefault('separation', 20.0)
-    return cluster.synthetic_features(n, k, seed=seed, **kw)
+    return evaluation.synthetic_features(n, k, seed=seed, **kw)
 
 
 # ------------------------------------------------------------------ clustering
@@ -75,7 +75,7 @@ def test_class_representatives():
 @pytest.mark.parametrize('sphere', [False, True])
 def test_auto_k_finds_true_k(sphere):
     X, y = blobs(1200, 6, seed=4, imbalance=5.0, anisotropy=8.0, sphere=sphere)
-    k, curve = cluster.choose_k(X, (2, 10), seed=0)
+    k, curve = k_selection.choose_k(X, (2, 10), seed=0)
     assert k == 6 and curve['chosen'] == 6 and curve['method'] == 'silhouette'
     assert curve['k'] == list(range(2, 11)) and len(curve['scores']['silhouette']) == 9
 
@@ -83,23 +83,23 @@ def test_auto_k_finds_true_k(sphere):
 @pytest.mark.parametrize('criterion', ['bic', 'stability', 'calinski_harabasz'])
 def test_other_k_criteria_on_easy_data(criterion):
     X, y = blobs(2000, 4, seed=5, imbalance=2.0)   # BIC's full covariances need items
-    k, curve = cluster.choose_k(X, (2, 7), seed=0, criterion=criterion)
+    k, curve = k_selection.choose_k(X, (2, 7), seed=0, criterion=criterion)
     assert k == 4 and curve['better'][criterion] in ('max', 'min')
 
 
 def test_choose_k_bad_range():
     X, _ = blobs(50, 2)
     with pytest.raises(DeepClusterError, match='--k-range 1 5'):
-        cluster.choose_k(X, (1, 5))
+        k_selection.choose_k(X, (1, 5))
     with pytest.raises(DeepClusterError, match='criterion'):
-        cluster.choose_k(X, (2, 5), criterion='elbow')
+        k_selection.choose_k(X, (2, 5), criterion='elbow')
 
 
 # --------------------------------------------------------------------- metrics
 def test_metrics_against_sklearn_and_by_hand():
     truth = ['a', 'a', 'a', 'b', 'b', 'c']
     pred = [1, 1, 2, 2, 3, 3]
-    e = cluster.evaluate(truth, pred)
+    e = evaluation.evaluate(truth, pred)
     h, c, v = metrics.homogeneity_completeness_v_measure(truth, pred)
     assert (e['homogeneity'], e['completeness'], e['v_measure']) == pytest.approx((h, c, v))
     assert e['ari'] == pytest.approx(metrics.adjusted_rand_score(truth, pred))
@@ -108,14 +108,14 @@ def test_metrics_against_sklearn_and_by_hand():
     assert e['contingency'] == {'classes': ['a', 'b', 'c'], 'clusters': [1, 2, 3],
                                 'matrix': [[2, 1, 0], [0, 1, 1], [0, 0, 1]]}
     # renamed but identical partition: perfect; one cluster for all: homogeneity 0
-    assert cluster.evaluate(['x', 'x', 'y'], [7, 7, 2])['v_measure'] == pytest.approx(1.0)
-    one = cluster.evaluate(['x', 'x', 'y', 'y'], [1, 1, 1, 1])
+    assert evaluation.evaluate(['x', 'x', 'y'], [7, 7, 2])['v_measure'] == pytest.approx(1.0)
+    one = evaluation.evaluate(['x', 'x', 'y', 'y'], [1, 1, 1, 1])
     assert one['homogeneity'] == pytest.approx(0.0) and one['completeness'] == pytest.approx(1.0)
 
 
 def test_sweep_peaks_at_true_k():
     X, y = blobs(500, 4, seed=6)
-    sweep = cluster.sweep_k(X, y, range(2, 8))
+    sweep = evaluation.sweep_k(X, y, range(2, 8))
     assert [r['k'] for r in sweep] == list(range(2, 8))
     best = max(sweep, key=lambda r: r['v_measure'])
     assert best['k'] == 4 and best['v_measure'] > 0.99

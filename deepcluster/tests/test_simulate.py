@@ -10,7 +10,8 @@ import torch
 from deepcluster.core import DeepClusterError
 from deepcluster.core.cli import main
 from deepcluster.core.structures import procedural_templates
-from deepcluster.core.simulate import SimulationConfig, Simulator, simulate_to_folder
+from deepcluster.core.simulate import SimulationConfig, Simulator
+from deepcluster.core.simulate_cli import simulate_to_folder
 from deepcluster.core.volumes import read_labels, read_volume
 
 BOX = 24

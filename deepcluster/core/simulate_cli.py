@@ -1,0 +1,158 @@
+"""Simulated data sets on disk and the ``simulate`` command (the data model is in
+simulate.py): .mrc files + labels.csv + a montage, written atomically."""
+import argparse
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from . import DeepClusterError
+from .simulate import SimulationConfig, Simulator
+from .volumes import atomic_path, write_labels, write_volume
+
+log = logging.getLogger(__name__)
+
+
+def write_montage(path, volumes_by_class, per_class=4):
+    """PNG: one row per class, ``per_class`` examples, each as its central XY slice
+    and central XZ slice (where the missing wedge smears along Z); each slice is
+    averaged with its two neighbours, as in the method paper's figures, and
+    contrast-stretched on its own (1-99 percentiles). One mosaic image, so it is
+    quick for any number of classes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    names = list(volumes_by_class)
+    first = next((np.asarray(v[0]) for v in volumes_by_class.values() if len(v)), None)
+    if first is None:
+        raise DeepClusterError('montage: no volumes to show')
+    n, gap = first.shape[0], 2
+    tile = n + gap
+    mosaic = np.ones((len(names) * tile, 2 * per_class * tile + gap), np.float32)
+    for r, name in enumerate(names):
+        for i, v in enumerate(list(volumes_by_class[name])[:per_class]):
+            v = np.asarray(v, dtype=np.float32)
+            c = n // 2
+            for j, img in enumerate((v[c - 1:c + 2].mean(0), v[:, c - 1:c + 2].mean(1))):
+                lo, hi = np.percentile(img, [1, 99])
+                y, x = r * tile, (2 * i + j) * tile
+                mosaic[y:y + n, x:x + n] = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)[::-1]
+    h, w = mosaic.shape
+    scale = max(2.0, 600.0 / w)
+    fig = Figure(figsize=((w * scale) / 100 + 1.4, (h * scale) / 100 + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes([1.3 / fig.get_figwidth(), 0.05 / fig.get_figheight(),
+                       (w * scale / 100) / fig.get_figwidth(), (h * scale / 100) / fig.get_figheight()])
+    ax.imshow(mosaic, cmap='gray', vmin=0, vmax=1, interpolation='nearest')
+    ax.set_axis_off()
+    for r, name in enumerate(names):
+        ax.text(-gap * 2, r * tile + n / 2, name, ha='right', va='center', fontsize=8)
+    for i in range(2 * per_class):
+        ax.text(i * tile + n / 2, -1, ('XY', 'XZ')[i % 2], ha='center', va='bottom', fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png')
+    return path
+
+
+def simulate_to_folder(out, templates, n_per_class, config=None, seed=0, negative=True,
+                       membrane_bound=(), device='cpu', batch_size=64, montage=True):
+    """Write ``n_per_class`` subtomograms per class to the folder ``out``:
+    ``sub_000000.mrc``... (voxel size in the header; classes interleaved),
+    ``labels.csv`` (file,label = class name), ``montage.png`` and
+    ``templates/<class>.mrc`` (each structure as simulated: the record of what
+    the labels mean). The folder
+    appears atomically (nothing on error). Same seed (and batch size, device)
+    -> byte-identical volumes. Returns a summary dict."""
+    if int(n_per_class) < 1:
+        raise DeepClusterError('n-per-class %s: must be at least 1' % n_per_class)
+    sim = Simulator(templates, config, device, negative, membrane_bound)
+    cfg, names = sim.config, sim.class_names
+    total = len(names) * int(n_per_class)
+    labels = torch.arange(total) % len(names)
+    gen = torch.Generator(device=sim.device).manual_seed(int(seed))
+    files, examples = [], {nm: [] for nm in names}
+    t0 = last = time.time()
+    with atomic_path(out) as tmp:
+        os.makedirs(tmp)
+        for start in range(0, total, batch_size):
+            lab = labels[start:start + batch_size]
+            vols = sim.batch(lab.to(sim.device), gen).cpu().numpy()
+            for i, (v, c) in enumerate(zip(vols, lab.tolist())):
+                fn = 'sub_%06d.mrc' % (start + i)
+                write_volume(os.path.join(tmp, fn), v, cfg.voxel_size, atomic=False)   # the folder is atomic
+                files.append(fn)
+                if len(examples[names[c]]) < 4:
+                    examples[names[c]].append(v)
+            done = start + len(lab)
+            if time.time() - last > 5 or done == total:
+                rate = done / max(time.time() - t0, 1e-9)
+                log.info('simulate: %d/%d subtomograms, %.0f/s, ETA %.0f s', done, total, rate,
+                         (total - done) / rate)
+                last = time.time()
+        write_labels(os.path.join(tmp, 'labels.csv'), files, [names[c] for c in labels.tolist()])
+        os.makedirs(os.path.join(tmp, 'templates'))
+        for t in templates:
+            write_volume(os.path.join(tmp, 'templates', t.name + '.mrc'), t.density, t.voxel_size,
+                         atomic=False)
+        if montage:
+            write_montage(os.path.join(tmp, 'montage.png'), examples)
+    return dict(out=os.path.abspath(out), n=total, classes=names, seconds=time.time() - t0)
+
+
+# ----------------------------------------------------------------------- CLI
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        'simulate', help='make labelled synthetic subtomograms (the data model)',
+        description='Simulate labelled cryo-ET subtomograms from structures (.mrc/.map maps, '
+                    '.pdb/.cif models) and/or procedural pseudo-molecules: .mrc files + labels.csv '
+                    '+ montage.png in --out.')
+    p.add_argument('--structures', nargs='+', metavar='PATH', default=[],
+                   help='folders/files of .mrc/.map maps and .pdb/.ent/.cif models (class = file stem)')
+    p.add_argument('--procedural', type=int, default=0, metavar='N_CLASSES',
+                   help='add N procedural pseudo-molecule classes (proc00...)')
+    p.add_argument('--n-per-class', type=int, default=100, metavar='N')
+    p.add_argument('--box', type=int, default=40, help='box side in voxels (default 40)')
+    p.add_argument('--voxel-size', type=float, default=10.0, help='Å/voxel (default 10)')
+    p.add_argument('--tilt-range', type=float, nargs=2, default=(-60.0, 60.0), metavar=('MIN', 'MAX'))
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out', required=True, metavar='DIR', help='output folder (created atomically)')
+    p.add_argument('--negative', action=argparse.BooleanOptionalAction, default=True,
+                   help="add the 'negative' class (no particle at the centre; default on)")
+    p.add_argument('--membrane-bound', nargs='+', default=[], metavar='NAME',
+                   help='also simulate NAME_mb: that particle bound to a membrane in a fixed pose')
+    p.add_argument('--embedded', nargs='+', default=[], metavar='NAME',
+                   help='these structures are membrane proteins (bilayer through the centre, normal to z)')
+    p.add_argument('--snr', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
+                   help='SNR range, log-uniform (default %s %s)' % SimulationConfig.snr)
+    p.add_argument('--contrast', choices=('dark', 'bright'), default='dark',
+                   help='dark: protein darker than background, as raw cryo-ET (default)')
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N' or 'auto'")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args):
+    from .device import pick_device
+    from .structures import templates_for
+    cfg = SimulationConfig(box=args.box, voxel_size=args.voxel_size, tilt_range=tuple(args.tilt_range),
+                           contrast=args.contrast)
+    if args.snr is not None:
+        cfg.snr = tuple(args.snr)
+    cfg.validate()
+    if args.n_per_class < 1:
+        raise DeepClusterError('--n-per-class %d: must be at least 1' % args.n_per_class)
+    if args.procedural < 0:
+        raise DeepClusterError('--procedural %d: must be >= 0' % args.procedural)
+    if args.batch_size < 1:
+        raise DeepClusterError('--batch-size %d: must be at least 1' % args.batch_size)
+    if not args.structures and not args.procedural:
+        raise DeepClusterError('no classes: give --structures PATH... and/or --procedural N')
+    device = pick_device(args.device)
+    templates = templates_for(args.structures, args.procedural, args.voxel_size, args.seed, args.embedded)
+    res = simulate_to_folder(args.out, templates, args.n_per_class, cfg, seed=args.seed,
+                             negative=args.negative, membrane_bound=args.membrane_bound,
+                             device=device, batch_size=args.batch_size)
+    log.info('wrote %d subtomograms of %d classes to %s in %.1f s', res['n'], len(res['classes']),
+             res['out'], res['seconds'])
