@@ -25,6 +25,7 @@ sys.path.insert(0, REPO)
 from bench_quality import SHREC, structures_root                     # noqa: E402
 from deepcluster.core import cluster, evaluation                     # noqa: E402
 from deepcluster.core.embed import Embedder, embed_arrays, resolve_contrast  # noqa: E402
+from deepcluster.core.network import model_sha256                            # noqa: E402
 from deepcluster.core.volumes import fit_box, pad_to_cube, read_volume, resample, write_volume  # noqa: E402
 
 
@@ -119,7 +120,8 @@ def main(argv=None):
                                   emb.config)
     X = embed_arrays(vols, emb, emb.config, voxel_size=voxel, invert_contrast=invert)
     truth = np.array(truth)
-    res = {'n': len(truth), 'k': 14, 'voxel_size': voxel, 'box': box,
+    res = {'model': a.model or 'shipped default', 'model_sha256': model_sha256(a.model),
+           'n': len(truth), 'k': 14, 'voxel_size': voxel, 'box': box,
            'dose_e_per_A2': a.dose / 100.0, 'tilts': '-60..60 step 3',
            'simulation_seconds': round(t_sim, 1), 'inverted': bool(invert)}
     for k in (14,):

@@ -8,7 +8,12 @@ Scenarios (each 50 subtomograms per class, seeds never used in training):
 - unseen:    10 procedural pseudo-molecules from a seed the model never saw
              (+ negative), k = 11: shapes outside the training classes;
 - voxel13.68: the SHREC set simulated at 13.68 A/voxel (box 30, as the paper's
-             real data), resampled to the model by the embedding, k = 14;
+             real data), resampled to the model by the embedding, k = 14; at the
+             same per-voxel SNR a particle covers (13.68/10)^3 = 2.56x fewer
+             voxels, i.e. carries 2.56x less signal, so
+- voxel13.68_same_signal: the same with the SNR range times 2.56 (the same
+             signal per particle as at 10 A): what is left is the cost of the
+             coarser sampling and the resampling itself;
 - snr:       the shrec scenario per SNR band (0.1-0.3, 0.3-1, 1-3, 3-10, and
              noise-free): how the quality depends on the noise (small particles
              vanish first) and whether clean, high-contrast data stay in domain.
@@ -33,6 +38,7 @@ sys.path.insert(0, REPO)
 
 from deepcluster.core import cluster, evaluation, plots                       # noqa: E402
 from deepcluster.core.embed import Embedder, embed_arrays, prepare_batch       # noqa: E402
+from deepcluster.core.network import model_sha256                             # noqa: E402
 from deepcluster.core.simulate import SimulationConfig, Simulator              # noqa: E402
 from deepcluster.core.structures import load_structures, procedural_templates  # noqa: E402
 
@@ -79,7 +85,7 @@ def supervised_ceiling(emb, vols, truth, voxel_size):
             'v_measure': round(float(evaluation.evaluate(truth, pred)['v_measure']), 4)}
 
 
-def score(emb, vols, truth, voxel_size, seed, plots_dir=None):
+def score(emb, vols, truth, voxel_size, seed, plots_dir=None, ceiling=True):
     t0 = time.time()
     X = embed_arrays(vols, emb, emb.config, voxel_size=voxel_size, batch_size=128)
     t_embed = time.time() - t0
@@ -89,7 +95,7 @@ def score(emb, vols, truth, voxel_size, seed, plots_dir=None):
     out = {'n': int(len(truth)), 'k': k, 'embed_seconds': round(t_embed, 2)}
     out.update({m: round(res[m], 4) for m in ('v_measure', 'homogeneity', 'completeness', 'ari', 'nmi')})
     out['contingency'] = res['contingency']
-    ceiling = supervised_ceiling(emb, vols, truth, voxel_size)
+    ceiling = ceiling and supervised_ceiling(emb, vols, truth, voxel_size)
     if ceiling:
         out['supervised_classifier'] = ceiling
     if plots_dir:
@@ -109,7 +115,8 @@ def main(argv=None):
     ap.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_quality.json'))
     ap.add_argument('--plots', default=os.path.join(HERE, 'results', 'quality'))
     ap.add_argument('--snr', type=float, nargs=2, default=None, help='SNR range of the test sets (default: the data model default)')
-    ap.add_argument('--scenarios', nargs='+', default=['shrec', 'membrane', 'unseen', 'voxel13.68', 'snr'])
+    ap.add_argument('--scenarios', nargs='+', default=['shrec', 'membrane', 'unseen', 'voxel13.68',
+                                                        'voxel13.68_same_signal', 'snr'])
     a = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     root = structures_root()
@@ -117,7 +124,7 @@ def main(argv=None):
     dev = torch.device(a.device if a.device != 'cuda' or torch.cuda.is_available() else 'cpu')
     emb = Embedder.from_file(a.model, device=dev)
     result = {'model': os.path.relpath(a.model, REPO) if a.model else 'shipped default',
-              'model_arch': emb.config.get('arch'), 'n_per_class': N_PER_CLASS, 'test_seed': TEST_SEED,
+              'model_sha256': model_sha256(a.model), 'model_arch': emb.config.get('arch'), 'n_per_class': N_PER_CLASS, 'test_seed': TEST_SEED,
               'device': str(dev), 'snr': a.snr or 'data-model default', 'torch': torch.__version__, 'machine': platform.machine(),
               'scenarios': {}}
     t_all = time.time()
@@ -134,11 +141,15 @@ def main(argv=None):
         elif name == 'unseen':
             tpl = procedural_templates(10, 10.0, seed=777)
             vols, truth = simulate(tpl, 10.0, 40, TEST_SEED + 2, device=dev, snr=a.snr)
-            r = score(emb, vols, truth, 10.0, 0)
-        elif name == 'voxel13.68':
+            r = score(emb, vols, truth, 10.0, 0, ceiling=False)   # proc00... here are other shapes
+        elif name in ('voxel13.68', 'voxel13.68_same_signal'):
             tpl = load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 13.68)
-            vols, truth = simulate(tpl, 13.68, 30, TEST_SEED + 3, device=dev, snr=a.snr)
+            snr = a.snr or SimulationConfig.snr
+            if name.endswith('same_signal'):
+                snr = [v * (13.68 / 10.0) ** 3 for v in snr]
+            vols, truth = simulate(tpl, 13.68, 30, TEST_SEED + 3, device=dev, snr=snr)
             r = score(emb, vols, truth, 13.68, 0)
+            r['snr'] = [round(v, 3) for v in snr]
         elif name == 'snr':
             tpl = load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 10.0)
             bands = {}

@@ -23,6 +23,7 @@ The model file is one torch file ``{'format': FORMAT, 'state_dict': ..., 'config
 plain dict}`` that loads with ``torch.load(..., weights_only=True)``.
 """
 import copy
+import hashlib
 import os
 
 import numpy as np
@@ -274,3 +275,10 @@ def resolve_model_path(path=None):
         raise DeepClusterError('no model given and the default model %s is not installed: pass '
                                '--model MODEL.pt (from `deepcluster train`) or run `make model`' % p)
     return p
+
+
+def model_sha256(path=None):
+    """Hex digest of a model file (default: the shipped one), so a benchmark result
+    can name the exact weights it measured."""
+    with open(resolve_model_path(path), 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
