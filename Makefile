@@ -44,7 +44,7 @@ model: $(STAMP)
 	$(PY) benchmarks/train_shipped_model.py --device $(MODEL_DEVICE) --steps 28235 --batch-size 128 \
 	    --lr 1e-3 --bandlimit-probability 0 --skip-eval --out runs/base.pt --work-dir runs/base
 	$(PY) benchmarks/train_shipped_model.py --init runs/base.pt --steps 8000 --batch-size 64 --lr 3e-4 \
-	    --val-per-class 32 --out deepcluster/models/default.pt --work-dir runs/finetune
+	    --val-per-class 32 --snr 0.1 20 --out deepcluster/models/default.pt --work-dir runs/finetune
 
 clean:
 	rm -rf $(VENV) build *.egg-info
