@@ -3,7 +3,6 @@ quality benchmarks (benchmarks/results/bench_quality.json, bench_physical*.json)
 a result is used only if it names this very file's sha256, so the card never
 claims a number that was not measured for these weights."""
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -11,7 +10,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from deepcluster.core.network import read_model_file   # noqa: E402
+from deepcluster.core.network import model_sha256, read_model_file   # noqa: E402
 
 
 def _init_lines(init):
@@ -44,7 +43,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     _, cfg = read_model_file(a.model)
     card = cfg.get('training', {})
-    full_sha = hashlib.sha256(open(a.model, 'rb').read()).hexdigest()
+    full_sha = model_sha256(a.model)
     sha = full_sha[:16]
     hw = card.get('hardware', {})
     names = cfg.get('class_names', [])
