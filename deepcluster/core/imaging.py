@@ -190,10 +190,16 @@ class ImagingModel:
             noise=torch.randn(b, n, n, n // 2 + 1, generator=generator, device=dev, dtype=torch.complex64))
         return p
 
-    def image(self, pspec, spec, p, ref_scale, return_clean=False):
+    def image(self, pspec, spec, p, ref_scale, return_clean=False, spectra=None):
         """Image a batch. ``pspec``: spectra of the centre particles (real or ghost),
         the SNR reference; ``spec``: spectra of everything in the box (B, F).
-        Returns real volumes (B, n, n, n) [, clean volumes in the same units]."""
+        Returns real volumes (B, n, n, n) [, clean volumes in the same units].
+        A dict ``spectra`` receives the half spectra (B, F) before normalisation:
+        'observed', 'clean' (everything imaged, no noise), 'particle' (the centre
+        particle alone, imaged), 'filter' (the transfer applied to every object) and
+        'noise_sd' (the noise's standard deviation per coefficient; 0 where no noise
+        is, e.g. in the missing wedge) and 'snr' (B,): enough for the exact likelihood of a volume
+        under any hypothesis (benchmarks/bench_ceiling.py's ideal observers)."""
         b, n = spec.shape[0], self.n
         s = p['scheme']
         ice = torch.zeros_like(spec)
@@ -211,6 +217,9 @@ class ImagingModel:
         gain = torch.sqrt(var_p / (p['snr'] * self.variance(noise).clamp_min(1e-30)))
         clean = spec * h
         total = noise.mul_(gain.unsqueeze(1)).add_(clean)
+        if spectra is not None:
+            spectra.update(observed=total.clone(), clean=clean.clone(), particle=pspec * h,
+                           filter=h.clone(), noise_sd=colour * gain.unsqueeze(1), snr=p['snr'].clone())
         if self.cfg.normalise:      # zero mean (no DC), unit variance (Parseval): exact
             total[:, 0] = 0
             clean[:, 0] = 0

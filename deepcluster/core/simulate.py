@@ -310,12 +310,15 @@ class Simulator:
             vol.index_add_(0, rows, field)
 
     # ----------------------------------------------------------------- batch
-    def batch(self, labels, generator, return_clean=False):
+    def batch(self, labels, generator, return_clean=False, spectra=None):
         """Subtomograms (B, n, n, n) float32 on the device for class indices ``labels``.
 
         Deterministic for a given ``generator`` state (a torch.Generator on the
-        simulator's device). With ``return_clean`` also returns the noise-free
-        volumes in the same units (output - clean = the noise, exactly)."""
+        simulator's device), and the draws do not depend on the labels: the same
+        state with other labels images other particles in the same pose, context,
+        CTF and noise. With ``return_clean`` also returns the noise-free volumes in
+        the same units (output - clean = the noise, exactly); ``spectra``: see
+        ``ImagingModel.image``."""
         cfg, dev = self.config, self.device
         n, vx, k, nt = int(cfg.box), cfg.voxel_size, int(cfg.max_neighbours), len(self.templates)
         labels = torch.as_tensor(labels, device=dev).long()
@@ -414,4 +417,4 @@ class Simulator:
                 cspec = torch.fft.rfftn(context[rows].view(-1, n, n, n), dim=(1, 2, 3)).reshape(len(rows), -1)
                 spec.index_add_(0, rows, cspec)
         ref = 1.0 if cfg.snr_reference == 'box' else n ** 3 / (self.effective_volume[tmpl] * scale ** 3)
-        return self.imaging.image(pspec, spec, params, ref, return_clean)
+        return self.imaging.image(pspec, spec, params, ref, return_clean, spectra)

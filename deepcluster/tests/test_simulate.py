@@ -118,6 +118,42 @@ def test_measured_snr_matches_requested(templates, reference):
     assert torch.allclose(measured, torch.full_like(measured, snr), rtol=0.2), measured
 
 
+def test_spectra_give_the_exact_likelihood(templates):
+    """The contract of ``batch(spectra=...)`` that the ideal-observer benchmark uses:
+    the output is the normalised observed spectrum, the residual of the true
+    hypothesis is noise of exactly the reported spread, and the draws do not
+    depend on the labels, so the likelihood at the true pose names the true class."""
+    sim = Simulator(templates, SimulationConfig(box=BOX, snr=(0.5, 0.5)))
+    labels = torch.tensor([0, 1, 2, 3] * 3)
+    g = gen(8)
+    state = g.get_state()
+    obs = {}
+    x = sim.batch(labels, g, spectra=obs)
+    y = obs['observed'].clone()
+    y[:, 0] = 0
+    y = torch.fft.irfftn(y.view(12, BOX, BOX, BOX // 2 + 1), s=(BOX,) * 3, dim=(1, 2, 3))
+    assert torch.allclose(x, y / y.std(dim=(1, 2, 3), unbiased=False, keepdim=True), atol=1e-4)
+    lone = {}
+    Simulator(templates, quiet(snr=(0.5, 0.5))).batch(labels, gen(8), spectra=lone)
+    positive = labels < 3
+    assert torch.allclose(lone['clean'][positive], lone['particle'][positive], atol=1e-3)   # nothing else there
+    assert lone['clean'][~positive].abs().max() < 1e-6                                       # a negative: nothing
+    scores = []
+    for c in range(len(sim.class_names)):
+        g.set_state(state)
+        h = {}
+        sim.batch(torch.full_like(labels, c), g, spectra=h)
+        live = h['noise_sd'] > 0
+        live[:, 0] = False
+        var = torch.where(live, h['noise_sd'].double() ** 2, 1.0)
+        r2 = torch.where(live, (obs['observed'] - h['clean']).abs().double() ** 2 / var, 0.0)
+        if c < 4:
+            chi2 = r2[labels == c].sum(1) / live[labels == c].sum(1)
+            assert torch.allclose(chi2, torch.ones_like(chi2), atol=0.05), chi2
+        scores.append(-r2.sum(1) - torch.where(live, var.log(), 0.0).sum(1))
+    assert torch.equal(torch.stack(scores, 1).argmax(1), labels)
+
+
 def test_noise_does_not_depend_on_context(templates):
     """Neighbours add signal, not noise: with the same draws, the noise pattern is
     the same with and without them (only the output's overall scale changes)."""
