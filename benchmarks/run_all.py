@@ -4,8 +4,10 @@ JSON (ours vs a reference) are measured in the same run, the absolute rates are
 only as good as the machine's quiet.
 
 The heavier studies stay opt-in: the auto-k criterion comparison
-(``bench_cluster.py --parts auto_k``) and model-vs-model quality
-(``bench_embed.py --parts quality invariance --models A.pt B.pt``).
+(``bench_cluster.py --parts auto_k``), model-vs-model quality
+(``bench_embed.py --parts quality invariance --models A.pt B.pt``), the ideal
+observers that bound what the test data allow (``bench_ceiling.py``, ~15 min)
+and the encoder comparison (``bench_arch.py``).
 """
 import json
 import os

@@ -1,5 +1,6 @@
 """Write MODEL_CARD.md beside a model file from its own training card and the
-quality benchmarks (benchmarks/results/bench_quality.json, bench_physical*.json);
+quality benchmarks (benchmarks/results/bench_quality.json, bench_physical*.json,
+bench_ceiling.json);
 a result is used only if it names this very file's sha256, so the card never
 claims a number that was not measured for these weights."""
 import argparse
@@ -40,6 +41,7 @@ def main(argv=None):
     ap.add_argument('--quality', default=os.path.join(HERE, 'results', 'bench_quality.json'))
     ap.add_argument('--physical', nargs='*', default=[os.path.join(HERE, 'results', f) for f in
                                                       ('bench_physical.json', 'bench_physical_13.68.json')])
+    ap.add_argument('--ceiling', default=os.path.join(HERE, 'results', 'bench_ceiling.json'))
     a = ap.parse_args(argv)
     _, cfg = read_model_file(a.model)
     card = cfg.get('training', {})
@@ -103,6 +105,26 @@ def main(argv=None):
             lines.append('| %g | %d | %g | %.3f | %.3f | %.3f | %.3f |' % (
                 r['voxel_size'], r['n'], r['dose_e_per_A2'], r['v_measure'], r['homogeneity'],
                 r['completeness'], r['ari']))
+    ceil = _measured(a.ceiling, full_sha)
+    if ceil:
+        lines += ['', '## How far from the data\'s own limit (benchmarks/bench_ceiling.py)', '',
+                  'The same SHREC test subtomograms classified by Bayes observers that know the data model '
+                  '(the true templates, each subtomogram\'s CTF, wedge, noise spectrum and context; the SNR '
+                  'averaged over its prior): with the true pose, and without it (template matching, '
+                  '%d rotations x 27 shifts):'
+                  % ceil['rotations'], '',
+                  '| SNR | known pose: V | template matching: V (accuracy) | this model\'s classifier: '
+                  'V (accuracy) | k-means on its features: V |', '|---|---|---|---|---|']
+        for name, r in ceil['scenarios'].items():
+            c, t = r['network']['classifier'] or {}, r['template_matching']
+            lines.append('| %s | %.3f | %.3f (%.3f) | %s | %.3f |' % (
+                '%g-%g (%s)' % (r['snr'][0], r['snr'][1], name) if name == 'default' else name,
+                r['known_pose']['v_measure'], t['v_measure'], t['accuracy'],
+                '%.3f (%.3f)' % (c['v_measure'], c['accuracy']) if c else '-', r['network']['kmeans']['v_measure']))
+        lines += ['', 'Template matching is (up to its pose grid) the best any method that does not know '
+                  'the pose can do, and it knows more than a real method (exact templates, CTF, noise, '
+                  'context). Where it stays below a score, the data do not allow that score; between it '
+                  'and this model, the gap is the model\'s (largest at low SNR).']
     lines += ['', '## Limits', '',
               '- Trained on simulated data only; the real-data gap of the paper (its section 5) '
               'remains: check classes by averaging them.',
