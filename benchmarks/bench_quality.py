@@ -14,8 +14,8 @@ Scenarios (each 50 subtomograms per class, seeds never used in training):
 - voxel13.68_same_signal: the same with the SNR range times 2.56 (the same
              signal per particle as at 10 A): what is left is the cost of the
              coarser sampling and the resampling itself;
-- snr:       the shrec scenario per SNR band (0.1-0.3, 0.3-1, 1-3, 3-10, and
-             noise-free): how the quality depends on the noise (small particles
+- snr:       the shrec scenario per SNR band (0.1-0.3, 0.3-1, 1-3, 3-10, 10-100,
+             100-1000 and noise-free): how the quality depends on the noise (small particles
              vanish first) and whether clean, high-contrast data stay in domain.
 Where the model was trained on the test classes, its own classifier's accuracy
 and V-measure on them are reported too ('supervised_classifier'): the ceiling
@@ -153,7 +153,8 @@ def main(argv=None):
         elif name == 'snr':
             tpl = load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 10.0)
             bands = {}
-            for band in ((0.1, 0.3), (0.3, 1.0), (1.0, 3.0), (3.0, 10.0), (1e4, 1e4)):
+            for band in ((0.1, 0.3), (0.3, 1.0), (1.0, 3.0), (3.0, 10.0), (10.0, 100.0), (100.0, 1000.0),
+                         (1e4, 1e4)):
                 vols, truth = simulate(tpl, 10.0, 40, TEST_SEED + 4, device=dev, snr=band)
                 b = score(emb, vols, truth, 10.0, 0)
                 b.pop('contingency')

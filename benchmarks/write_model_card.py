@@ -129,9 +129,9 @@ def main(argv=None):
               '- Trained on simulated data only; the real-data gap of the paper (its section 5) '
               'remains: check classes by averaging them.',
               '- Input is resampled to 10 A/voxel and a 40^3 box: particles larger than ~35 nm are cut.',
-              '- Trained at a local SNR of %s-%s; cleaner input (noise-free simulations) is outside that '
-              'range and clusters worse (the noise-free row above).' % tuple((card.get('simulation') or {})
-                                                                           .get('snr', ('?', '?')))]
+              '- Trained at a local SNR of %s-%s; cleaner input (far cleaner than real tomograms, e.g. '
+              'noise-free simulations) is outside that range and clusters worse (the SNR 100-1000 and '
+              'noise-free rows above).' % tuple((card.get('simulation') or {}).get('snr', ('?', '?')))]
     out = os.path.join(os.path.dirname(os.path.abspath(a.model)), 'MODEL_CARD.md')
     with open(out + '.tmp', 'w') as f:
         f.write('\n'.join(lines) + '\n')
