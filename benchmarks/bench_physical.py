@@ -6,6 +6,11 @@ then embedded with the shipped model (contrast told from the data) and k-means'd
 The 13 SHREC classes + negative (an empty box), 20 each. This is the kind of
 synthetic-to-real gap held-out data will show: nothing here shares code with
 core/simulate.py or core/imaging.py.
+
+``--context`` makes it a cellular scene: defocus drawn per subtomogram (2-5 um),
+half of the particles crowded by 1-3 random SHREC neighbours (0-6 nm apart), a
+fifth of them next to a flat lipid bilayer (two leaflets 4 nm apart, 2-15 nm
+away); negatives get the same context around an empty centre.
 """
 import argparse
 import json
@@ -47,6 +52,32 @@ def place(density, rng, pad):
     return ndimage.affine_transform(vol, R, offset=offset, order=1)
 
 
+def extent(density, voxel):
+    """Radius (A) holding the density above 5 % of its maximum."""
+    idx = np.argwhere(density > 0.05 * density.max()) - (np.array(density.shape) - 1) / 2.0
+    return float(np.sqrt((idx ** 2).sum(1)).max()) * voxel
+
+
+def add_context(vol, rng, maps, radius, voxel):
+    """Neighbours (p = 0.5) and a bilayer (p = 0.2) around the centre particle of
+    radius ``radius`` (A); ``maps``: (density, radius) of the possible neighbours."""
+    pad = vol.shape[0]
+    if rng.random() < 0.5:
+        for _ in range(rng.integers(1, 4)):
+            dens, r = maps[rng.integers(len(maps))]
+            d = rng.normal(size=3)
+            dist = (radius + r + rng.uniform(0, 60.0)) / voxel
+            vol += ndimage.shift(place(dens, rng, pad), d / np.linalg.norm(d) * dist, order=1)
+    if rng.random() < 0.2:
+        nrm = rng.normal(size=3)
+        nrm /= np.linalg.norm(nrm)
+        ax = np.arange(pad) - (pad - 1) / 2.0
+        z, y, x = np.meshgrid(ax, ax, ax, indexing='ij')
+        dist = (z * nrm[0] + y * nrm[1] + x * nrm[2]) * voxel - (radius + 20.0 + rng.uniform(20.0, 150.0))
+        vol += 0.6 * (np.exp(-(dist - 20.0) ** 2 / (2 * 8.0 ** 2)) + np.exp(-(dist + 20.0) ** 2 / (2 * 8.0 ** 2)))
+    return vol
+
+
 def ctf_2d(n, voxel, defocus_a=30000.0, kv=300.0, cs_mm=2.7, amp=0.07):
     lam = 12.2643 / math.sqrt(kv * 1e3 * (1 + 0.978466e-6 * kv * 1e3))
     f = np.fft.fftfreq(n, d=voxel)
@@ -55,10 +86,10 @@ def ctf_2d(n, voxel, defocus_a=30000.0, kv=300.0, cs_mm=2.7, amp=0.07):
     return -np.sin(chi + math.asin(amp))
 
 
-def tilt_series_subtomogram(vol, rng, angles, dose_per_tilt, voxel, box, contrast=0.1):
+def tilt_series_subtomogram(vol, rng, angles, dose_per_tilt, voxel, box, contrast=0.1, defocus_a=30000.0):
     """Project at each tilt (beam z, axis y), CTF, Poisson, ramp filter, back-project."""
     n = vol.shape[0]
-    ctf = ctf_2d(n, voxel)
+    ctf = ctf_2d(n, voxel, defocus_a)
     ramp = np.abs(np.fft.fftfreq(n))[None, :] * 2 + 1.0 / n
     recon = np.zeros_like(vol)
     for a in angles:
@@ -82,30 +113,41 @@ def main(argv=None):
     ap.add_argument('--seed', type=int, default=99)
     ap.add_argument('--voxel-size', type=float, default=10.0,
                     help='voxel size of the tilt series (the box keeps ~40 nm; embed resamples)')
+    ap.add_argument('--contrast', type=float, default=0.1,
+                    help='image contrast per voxel of protein along the beam (0.1; physically ~0.02-0.04 '
+                         'at 10 A: 0.00065 rad/(V A) x ~2.7 V protein-ice x 10 A, x up to 2 for the CTF)')
+    ap.add_argument('--context', action='store_true',
+                    help='a cellular scene: crowding, membranes, defocus 2-5 um (see above)')
     ap.add_argument('--save', default=None, help='also write the subtomograms (.mrc) here')
     ap.add_argument('--out', default=None, help='JSON (default results/bench_physical[_VOXEL].json)')
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     voxel = a.voxel_size
-    a.out = a.out or os.path.join(HERE, 'results', 'bench_physical%s.json'
-                                  % ('' if voxel == 10.0 else '_%g' % voxel))
+    a.out = a.out or os.path.join(HERE, 'results', 'bench_physical%s%s.json'
+                                  % ('_context' if a.context else '', '' if voxel == 10.0 else '_%g' % voxel))
     box = int(round(400.0 / voxel))
     pad = int(round(640.0 / voxel))
     angles = np.arange(-60, 61, 3.0)
     maps = os.path.join(structures_root(), 'maps_10A')
     t0 = time.time()
     vols, truth = [], []
+    densities = {}
+    for name in SHREC:
+        density = read_volume(os.path.join(maps, name + '.mrc'))[0]
+        densities[name] = density if voxel == 10.0 else resample(pad_to_cube(density), 10.0, voxel)[0]
+    neighbours = [(d, extent(d, voxel)) for d in densities.values()]
     for name in SHREC + ['negative']:
-        density = None
-        if name != 'negative':
-            density = read_volume(os.path.join(maps, name + '.mrc'))[0]
-            if voxel != 10.0:
-                density = resample(pad_to_cube(density), 10.0, voxel)[0]
+        density = densities.get(name)
         for _ in range(a.n_per_class):
             v = np.zeros((pad,) * 3, np.float32) if density is None else place(density, rng, pad)
+            defocus = 30000.0
+            if a.context:
+                radius = 50.0 if density is None else extent(density, voxel)
+                v = add_context(v, rng, neighbours, radius, voxel)
+                defocus = rng.uniform(20000.0, 50000.0)
             # dose per pixel and tilt: 120 e/A^2 over the series
             vols.append(tilt_series_subtomogram(v, rng, angles, a.dose * (voxel / 10.0) ** 2 / len(angles),
-                                                voxel, box))
+                                                voxel, box, contrast=a.contrast, defocus_a=defocus))
             truth.append(name)
     t_sim = time.time() - t0
     vols = np.stack(vols).astype(np.float32)
@@ -121,8 +163,8 @@ def main(argv=None):
     X = embed_arrays(vols, emb, emb.config, voxel_size=voxel, invert_contrast=invert)
     truth = np.array(truth)
     res = {'model': a.model or 'shipped default', 'model_sha256': model_sha256(a.model),
-           'n': len(truth), 'k': 14, 'voxel_size': voxel, 'box': box,
-           'dose_e_per_A2': a.dose / 100.0, 'tilts': '-60..60 step 3',
+           'n': len(truth), 'k': 14, 'voxel_size': voxel, 'box': box, 'context': bool(a.context),
+           'dose_e_per_A2': a.dose / 100.0, 'contrast': a.contrast, 'tilts': '-60..60 step 3',
            'simulation_seconds': round(t_sim, 1), 'inverted': bool(invert)}
     for k in (14,):
         lab, _, _ = cluster.cluster_features(X, k, seed=0, scores=False)

@@ -26,6 +26,8 @@ BENCHES = [
     ('quality', ['bench_quality.py']),
     ('physical', ['bench_physical.py']),
     ('physical13.68', ['bench_physical.py', '--voxel-size', '13.68']),
+    ('physical_context', ['bench_physical.py', '--context', '--contrast', '0.03']),
+    ('physical_context13.68', ['bench_physical.py', '--context', '--contrast', '0.03', '--voxel-size', '13.68']),
     ('invariance', ['bench_embed.py', '--parts', 'invariance', '--models',
                     os.path.join(REPO, 'deepcluster', 'models', 'default.pt')]),
 ]

@@ -40,7 +40,9 @@ def main(argv=None):
     ap.add_argument('model')
     ap.add_argument('--quality', default=os.path.join(HERE, 'results', 'bench_quality.json'))
     ap.add_argument('--physical', nargs='*', default=[os.path.join(HERE, 'results', f) for f in
-                                                      ('bench_physical.json', 'bench_physical_13.68.json')])
+                                                      ('bench_physical.json', 'bench_physical_13.68.json',
+                                                       'bench_physical_context.json',
+                                                       'bench_physical_context_13.68.json')])
     ap.add_argument('--ceiling', default=os.path.join(HERE, 'results', 'bench_ceiling.json'))
     a = ap.parse_args(argv)
     _, cfg = read_model_file(a.model)
@@ -98,13 +100,14 @@ def main(argv=None):
         lines += ['', '## Independent simulator (benchmarks/bench_physical.py)', '',
                   'SHREC 13 + negative made by code that shares nothing with the training data model: explicit '
                   'tilt series (-60..60 deg, step 3), 2D CTF, Poisson noise, weighted back-projection; '
-                  'k-means at k = 14:', '',
-                  '| voxel size (A) | n | dose (e/A^2) | V-measure | homogeneity | completeness | ARI |',
-                  '|---|---|---|---|---|---|---|']
+                  'a lone particle at 3 um defocus, or a cellular scene (1-3 neighbours for half of them, '
+                  'a bilayer for a fifth, defocus 2-5 um); k-means at k = 14:', '',
+                  '| voxel size (A) | scene | contrast per voxel | n | dose (e/A^2) | V-measure | homogeneity '
+                  '| completeness | ARI |', '|---|---|---|---|---|---|---|---|---|']
         for r in phys:
-            lines.append('| %g | %d | %g | %.3f | %.3f | %.3f | %.3f |' % (
-                r['voxel_size'], r['n'], r['dose_e_per_A2'], r['v_measure'], r['homogeneity'],
-                r['completeness'], r['ari']))
+            lines.append('| %g | %s | %g | %d | %g | %.3f | %.3f | %.3f | %.3f |' % (
+                r['voxel_size'], 'cellular' if r.get('context') else 'lone', r.get('contrast', 0.1), r['n'],
+                r['dose_e_per_A2'], r['v_measure'], r['homogeneity'], r['completeness'], r['ari']))
     ceil = _measured(a.ceiling, full_sha)
     if ceil:
         lines += ['', '## How far from the data\'s own limit (benchmarks/bench_ceiling.py)', '',
