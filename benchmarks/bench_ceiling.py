@@ -102,8 +102,9 @@ class Observers:
         b, r = len(y), len(t)
         ss = ((t.abs() ** 2).double() @ (f * f * iv).T).T.unsqueeze(1)                # (B, 1, R)
         g = (yl.conj() * f * iv).to(torch.complex64)                                  # (B, F)
+        poses = len(self.phase) * r                                                   # shifts x rotations
         cross = ((g.unsqueeze(1) * self.phase).reshape(b * len(self.phase), -1) @ t.T).real.double()
-        return known, _marginal(cross.view(b, -1, r).reshape(b, -1), ss.expand(b, len(self.phase), r).reshape(b, -1), amp)
+        return known, _marginal(cross.view(b, poses), ss.expand(b, len(self.phase), r).reshape(b, poses), amp)
 
 
 def _marginal(ys, ss, amp):
