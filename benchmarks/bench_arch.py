@@ -30,6 +30,7 @@ def main(argv=None):
     ap.add_argument('--batch-size', type=int, default=32)
     ap.add_argument('--lr', type=float, default=1e-3)
     ap.add_argument('--work', default=os.path.join(REPO, 'runs', 'arch'))
+    ap.add_argument('--name', default=None, help='result key (default: arch_comparison[_lrLR])')
     a = ap.parse_args(argv)
     maps = [os.path.join(structures_root(), 'maps_10A', s + '.mrc') for s in SHREC]
     models, seconds = [], {}
@@ -49,7 +50,7 @@ def main(argv=None):
     r.update(train_seconds=seconds, steps=a.steps, batch_size=a.batch_size,
              samples_each=a.steps * a.batch_size, lr=a.lr, how='same data, optimiser (Adam, cosine), '
              'seed and samples for both; k-means at k = 14 on 50 held-out subtomograms per class')
-    bench_embed.save({'arch_comparison' + ('' if a.lr == 1e-3 else '_lr%.0e' % a.lr): r})
+    bench_embed.save({a.name or 'arch_comparison' + ('' if a.lr == 1e-3 else '_lr%.0e' % a.lr): r})
     print(r)
 
 
