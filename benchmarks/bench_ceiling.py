@@ -72,27 +72,31 @@ class Observers:
                               torch.ones(rotations), torch.ones(rotations), 1, 1).view(rotations, n, n, n)
             self.spectra.append(torch.fft.rfftn(vol, dim=(1, 2, 3)).reshape(rotations, -1)[:, self.low])
 
-    def score(self, obs, hyp, cls, negative):
-        """(known_pose, template_matching) log-likelihood ratios (B,) of ``obs``
-        (``negative``: which of them are negatives) for class ``cls`` (imaged as
-        ``hyp``, same draws) against 'no particle'.
-
-        The observers get the same for every class, so only the particle tells the
-        classes apart: the observed noise spectrum and the true context (neighbours,
-        membranes, ice) are known; the SNR is not: the likelihood is averaged over
-        the data model's SNR prior (log-uniform), which sets the particle's
-        amplitude against the noise, a = sqrt(snr / snr_c) sd_obs / sd_c, where
-        hypothesis c at SNR snr_c has noise sd_c."""
+    def observe(self, obs, negative):
+        """What every hypothesis is scored on (``negative``: which are negatives):
+        the observation less its true context (neighbours, membranes, ice), i.e.
+        the particle + noise, and the whitening weights of the observed noise."""
         sd = obs['noise_sd'].double()
         live = sd > 0
         ivar = torch.where(live, self.weight / torch.where(live, sd, 1.0) ** 2, 0.0)
         context = obs['clean'] - obs['particle'] * (~negative).unsqueeze(1)
-        y = (obs['observed'] - context).to(torch.complex128)                # the particle + noise
+        return (obs['observed'] - context).to(torch.complex128), ivar, sd.sum(1)
+
+    def score(self, seen, hyp, cls):
+        """(known_pose, template_matching) log-likelihood ratios (B,) of the
+        observation ``seen`` (from ``observe``) for class ``cls`` (imaged as
+        ``hyp``, same draws) against 'no particle'.
+
+        The observers get the same for every class, so only the particle tells the
+        classes apart; the SNR is not known: the likelihood is averaged over the
+        data model's SNR prior (log-uniform), which sets the particle's amplitude
+        against the noise, a = sqrt(snr / snr_c) sd_obs / sd_c, where hypothesis c
+        at SNR snr_c has noise sd_c (the same spectrum, another scale)."""
+        y, ivar, sd_total = seen
         if self.sim.class_negative[cls]:
             zero = torch.zeros(len(y), dtype=torch.float64)
             return zero, zero
-        ref = live.nonzero()[0, 1]                   # any coefficient with noise: sd ratios are global
-        unit = (sd[:, ref] / hyp['noise_sd'][:, ref].double()) / hyp['snr'].double().sqrt()
+        unit = sd_total / hyp['noise_sd'].double().sum(1) / hyp['snr'].double().sqrt()
         amp = unit.unsqueeze(1) * self.snr_grid.sqrt()                                # (B, S)
         p = hyp['particle'].to(torch.complex128)
         known = _marginal((ivar * (y.conj() * p).real).sum(1, keepdim=True),
@@ -129,12 +133,13 @@ def run(sim, observers, n_per_class, seed, batch=128):
         state, obs = gen.get_state(), {}
         vols.append(sim.batch(lb, gen, spectra=obs))
         after = gen.get_state()
+        seen = observers.observe(obs, sim.class_negative[lb])
         scores = []
         for cls in range(c):
             gen.set_state(state)
             hyp = {}
             sim.batch(torch.full_like(lb, cls), gen, spectra=hyp)
-            scores.append(observers.score(obs, hyp, cls, sim.class_negative[lb]))
+            scores.append(observers.score(seen, hyp, cls))
         gen.set_state(after)
         known.append(torch.stack([s[0] for s in scores], 1).argmax(1))
         matched.append(torch.stack([s[1] for s in scores], 1).argmax(1))

@@ -135,15 +135,15 @@ def main(argv=None):
     for name in SHREC:
         density = read_volume(os.path.join(maps, name + '.mrc'))[0]
         densities[name] = density if voxel == 10.0 else resample(pad_to_cube(density), 10.0, voxel)[0]
-    neighbours = [(d, extent(d, voxel)) for d in densities.values()]
+    radii = {name: extent(d, voxel) for name, d in densities.items()}
+    neighbours = [(densities[name], radii[name]) for name in SHREC]
     for name in SHREC + ['negative']:
         density = densities.get(name)
         for _ in range(a.n_per_class):
             v = np.zeros((pad,) * 3, np.float32) if density is None else place(density, rng, pad)
             defocus = 30000.0
             if a.context:
-                radius = 50.0 if density is None else extent(density, voxel)
-                v = add_context(v, rng, neighbours, radius, voxel)
+                v = add_context(v, rng, neighbours, radii.get(name, 50.0), voxel)
                 defocus = rng.uniform(20000.0, 50000.0)
             # dose per pixel and tilt: 120 e/A^2 over the series
             vols.append(tilt_series_subtomogram(v, rng, angles, a.dose * (voxel / 10.0) ** 2 / len(angles),

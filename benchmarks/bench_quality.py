@@ -15,8 +15,8 @@ Scenarios (each 50 subtomograms per class, seeds never used in training):
              signal per particle as at 10 A): what is left is the cost of the
              coarser sampling and the resampling itself;
 - snr:       the shrec scenario per SNR band (0.1-0.3, 0.3-1, 1-3, 3-10, 10-100,
-             100-1000 and noise-free): how the quality depends on the noise (small particles
-             vanish first) and whether clean, high-contrast data stay in domain.
+             100-1000 and noise-free): how the quality depends on the noise
+             (small particles vanish first) and whether clean, high-contrast data stay in domain.
 Where the model was trained on the test classes, its own classifier's accuracy
 and V-measure on them are reported too ('supervised_classifier'): the ceiling
 that k-means on its features can hardly pass.
@@ -124,7 +124,8 @@ def main(argv=None):
     dev = torch.device(a.device if a.device != 'cuda' or torch.cuda.is_available() else 'cpu')
     emb = Embedder.from_file(a.model, device=dev)
     result = {'model': os.path.relpath(a.model, REPO) if a.model else 'shipped default',
-              'model_sha256': model_sha256(a.model), 'model_arch': emb.config.get('arch'), 'n_per_class': N_PER_CLASS, 'test_seed': TEST_SEED,
+              'model_sha256': model_sha256(a.model), 'model_arch': emb.config.get('arch'),
+              'n_per_class': N_PER_CLASS, 'test_seed': TEST_SEED,
               'device': str(dev), 'snr': a.snr or 'data-model default', 'torch': torch.__version__, 'machine': platform.machine(),
               'scenarios': {}}
     t_all = time.time()

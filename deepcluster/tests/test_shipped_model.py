@@ -10,9 +10,8 @@ import torch
 from deepcluster.core import cluster, evaluation
 from deepcluster.core.embed import Embedder, embed_arrays
 from deepcluster.core.network import default_model_path, model_sha256
+from deepcluster.tests import STRUCTURES
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STRUCTURES = os.environ.get('DEEPCLUSTER_STRUCTURES') or os.path.join(REPO, '..', 'shared', 'structures')
 MAPS = os.path.join(STRUCTURES, 'maps_10A')
 
 

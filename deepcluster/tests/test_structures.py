@@ -8,9 +8,8 @@ import pytest
 from deepcluster.core import DeepClusterError
 from deepcluster.core.structures import (Template, load_structures, procedural_templates,
                                          template_from_array)
+from deepcluster.tests import STRUCTURES
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STRUCTURES = os.environ.get('DEEPCLUSTER_STRUCTURES') or os.path.join(REPO, '..', 'shared', 'structures')
 needs_structures = pytest.mark.skipif(not os.path.isdir(os.path.join(STRUCTURES, 'pdb')),
                                       reason='shared structures not available')
 
