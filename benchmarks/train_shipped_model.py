@@ -50,7 +50,7 @@ def structures_root():
 
 
 def train_args(root, steps, device, batch_size, lr, seed, val_every=None, widths=None, init=None, val_per_class=64,
-               bandlimit=0.5, snr=None):
+               bandlimit=0.5, snr=None, max_minutes=None, hidden=None):
     membrane = os.path.join(root, 'membrane_maps_10A')
     embedded = sorted(os.path.splitext(f)[0] for f in os.listdir(membrane) if f.endswith('.mrc'))
     return ['train', '--structures', os.path.join(root, 'maps_10A'), membrane,
@@ -62,7 +62,9 @@ def train_args(root, steps, device, batch_size, lr, seed, val_every=None, widths
             '--seed', str(seed), '--device', device] + (['--widths'] + [str(w) for w in widths] if widths else []) \
         + (['--init', init] if init else []) + ['--val-per-class', str(val_per_class),
                                                   '--bandlimit-probability', str(bandlimit)] \
-        + (['--snr'] + [str(v) for v in snr] if snr else [])
+        + (['--snr'] + [str(v) for v in snr] if snr else []) \
+        + (['--max-minutes', str(max_minutes)] if max_minutes else []) \
+        + (['--hidden', str(hidden)] if hidden else [])
 
 
 def run_train(args, out, work):
@@ -88,6 +90,9 @@ def main(argv=None):
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--steps', type=int, default=20000)
     ap.add_argument('--minutes', type=float, default=None, help='fit --steps to this training time')
+    ap.add_argument('--max-minutes', type=float, default=None,
+                    help='stop the training at this time (the cosine schedule anneals by time)')
+    ap.add_argument('--val-every', type=int, default=None, help='validation interval (default steps/20)')
     ap.add_argument('--batch-size', type=int, default=64)
     ap.add_argument('--lr', type=float, default=1e-3)
     ap.add_argument('--seed', type=int, default=0)
@@ -97,6 +102,7 @@ def main(argv=None):
     ap.add_argument('--snr', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
                     help='training SNR range (default: the data model default)')
     ap.add_argument('--widths', type=int, nargs=5, default=None, help='fast-net channel widths')
+    ap.add_argument('--hidden', type=int, default=None, help='fast-net fully connected width')
     ap.add_argument('--out', default=os.path.join(REPO, 'deepcluster', 'models', 'default.pt'))
     ap.add_argument('--work-dir', default=os.path.join(REPO, 'runs', 'shipped_model'))
     ap.add_argument('--skip-eval', action='store_true')
@@ -109,8 +115,9 @@ def main(argv=None):
         steps = max(100, int(rate * a.minutes * 60))
         print('calibration: %.2f steps/s -> %d steps for %.1f min' % (rate, steps, a.minutes), flush=True)
     t0 = time.time()
-    args = train_args(root, steps, a.device, a.batch_size, a.lr, a.seed, widths=a.widths, init=a.init,
-                      val_per_class=a.val_per_class, bandlimit=a.bandlimit_probability, snr=a.snr)
+    args = train_args(root, steps, a.device, a.batch_size, a.lr, a.seed, val_every=a.val_every, widths=a.widths,
+                      init=a.init, val_per_class=a.val_per_class, bandlimit=a.bandlimit_probability, snr=a.snr,
+                      max_minutes=a.max_minutes, hidden=a.hidden)
     run_train(args, a.out, os.path.join(a.work_dir, 'train'))
     print('training took %.1f min' % ((time.time() - t0) / 60), flush=True)
     if not a.skip_eval:

@@ -17,7 +17,7 @@ from deepcluster.core.network import model_sha256, read_model_file   # noqa: E40
 def _init_lines(init):
     """The stage this model was fine-tuned from (its own card, recursively)."""
     hw = init.get('hardware') or {}
-    lines = ['- fine-tuned from `%s` (%s layers), which was trained by `%s`: %s steps x batch %s in '
+    lines = ['- fine-tuned from `%s` (layers taken: %s), which was trained by `%s`: %s steps x batch %s in '
              '%.1f min on %s' % (init.get('path'), init.get('layers'), init.get('command'), init.get('steps'),
                                  init.get('batch_size'), (init.get('seconds') or 0) / 60,
                                  hw.get('gpu') or hw.get('device'))]

@@ -5,6 +5,12 @@ either a labelled folder (``labels.csv`` with columns file,label) or subtomogram
 simulated on the fly from structures (fresh data every step, a fixed seeded
 validation set).
 
+Time budget (``--max-minutes``): the run stops at that much training time,
+validates and writes the model as usual; the cosine schedule then follows
+whichever of steps and time runs out first, so a queue's wall-time limit still
+ends with an annealed model. Such a run depends on the machine's speed and is
+not bit-reproducible.
+
 Reproducibility: the batch of step s (its labels, the files or simulated volumes,
 the augmentation) is drawn from a generator seeded by (seed, s) alone. So a run
 resumed from a checkpoint (model, optimizer, schedule, accumulators, log) repeats
@@ -38,11 +44,12 @@ LOG_COLUMNS = ['step', 'loss', 'acc', 'val_loss', 'val_acc', 'lr', 'time']
 
 
 # ================================================================ the training
-def lr_factor(step, args):
+def lr_factor(step, args, time_fraction=0.0):
+    """``time_fraction``: share of --max-minutes used (0 without a time budget)."""
     if args.warmup_steps and step < args.warmup_steps:
         return (step + 1) / args.warmup_steps
     if args.schedule == 'cosine':
-        t = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+        t = max((step - args.warmup_steps) / max(1, args.steps - args.warmup_steps), time_fraction)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
     return 1.0
 
@@ -75,7 +82,7 @@ def _layout(x, device):
 def fingerprint(args):
     """What must match for --resume to continue the same run."""
     keys = ['data', 'structures', 'procedural', 'membrane_bound', 'embedded', 'negative', 'box', 'voxel_size',
-            'snr', 'tilt_range', 'arch', 'widths', 'batch_size', 'lr', 'beta1', 'beta2', 'weight_decay',
+            'snr', 'tilt_range', 'arch', 'widths', 'hidden', 'batch_size', 'lr', 'beta1', 'beta2', 'weight_decay',
             'seed', 'val_fraction', 'val_per_class', 'augment', 'label_smoothing', 'clip_grad',
             'schedule', 'warmup_steps', 'sim_chunk', 'invert_contrast', 'data_voxel_size', 'init',
             'bandlimit_probability']
@@ -107,6 +114,10 @@ def train(args, on_step=None):
         if args.arch != 'fast' or len(args.widths) != 5:
             raise DeepClusterError('--widths: 5 channel counts, for --arch fast only')
         cfg['arch_params']['widths'] = list(args.widths)
+    if getattr(args, 'hidden', None) is not None:
+        if args.arch != 'fast' or args.hidden < 1:
+            raise DeepClusterError('--hidden: a positive width, for --arch fast only')
+        cfg['arch_params']['hidden'] = int(args.hidden)
     model = build_model(cfg)
     if args.init:
         args.init_card = _init_from(model, cfg, args.init)
@@ -116,7 +127,14 @@ def train(args, on_step=None):
         torch.backends.cudnn.benchmark = True
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
                            weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args))
+    budget = 60.0 * args.max_minutes if getattr(args, 'max_minutes', None) else None
+    clock = {'elapsed': 0.0, 't0': time.perf_counter()}   # training time so far, for the budget
+
+    def used():
+        return clock['elapsed'] + time.perf_counter() - clock['t0']
+
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, args, used() / budget if budget else 0.0))
     amp_dtype, scaler = None, None
     if device.type == 'cuda':
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -147,6 +165,7 @@ def train(args, on_step=None):
     log_csv = os.path.join(work, 'train_log.csv')
     n_cls = len(names)
     t0, t_last, s_last = time.perf_counter(), time.perf_counter(), start
+    clock.update(elapsed=elapsed, t0=t0)
     model.train()
     run_loss = torch.zeros((), device=device)
     run_correct = torch.zeros((), dtype=torch.long, device=device)
@@ -174,7 +193,9 @@ def train(args, on_step=None):
         run_correct += (logits.detach().argmax(1) == y).sum()
         acc[2] += len(y)
         done = step + 1
-        if done % args.val_every == 0 or done == args.steps:
+        out_of_time = budget is not None and used() >= budget and done < args.steps
+        last_step = done == args.steps or out_of_time
+        if done % args.val_every == 0 or last_step:
             acc = _merge(acc, run_loss, run_correct)
             vl, va, conf = evaluate(model, data, args.batch_size * 4, device, amp_dtype, n_cls)
             row = {'step': done, 'loss': acc[0] / acc[2], 'acc': acc[1] / acc[2], 'val_loss': vl,
@@ -188,30 +209,35 @@ def train(args, on_step=None):
                         'state': {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             _write_log(log_csv, rows)
         now = time.perf_counter()
-        if now - t_last >= args.log_seconds or done == args.steps or done % args.val_every == 0:
+        if now - t_last >= args.log_seconds or last_step or done % args.val_every == 0:
             rate = (done - s_last) / max(now - t_last, 1e-9)
             last = rows[-1] if rows else {}
             log.info('step %d/%d  loss %.4f  acc %.3f  val_loss %s  val_acc %s | %.2f steps/s  '
                      '%.0f samples/s | ETA %s', done, args.steps, float(loss.detach()), float(
                          (logits.detach().argmax(1) == y).float().mean()),
                      '%.4f' % last['val_loss'] if last else '-', '%.3f' % last['val_acc'] if last else '-',
-                     rate, rate * args.batch_size, _fmt_time((args.steps - done) / max(rate, 1e-9)))
+                     rate, rate * args.batch_size, _fmt_time(min((args.steps - done) / max(rate, 1e-9),
+                                                                   budget - used() if budget else math.inf)))
             t_last, s_last = now, done
-        if args.checkpoint_every and done % args.checkpoint_every == 0 and done < args.steps:
+        if args.checkpoint_every and done % args.checkpoint_every == 0 and not last_step:
             acc = _merge(acc, run_loss, run_correct)
             _save_checkpoint(ckpt_path, model, opt, sched, scaler, done, rows, acc, best,
                              elapsed + time.perf_counter() - t0, args)
         if on_step is not None:
             on_step(done)
+        if out_of_time:
+            log.info('--max-minutes %g reached: stopping at step %d of %d', args.max_minutes, done, args.steps)
+            break
 
     total_time = elapsed + time.perf_counter() - t0
+    steps_done = rows[-1]['step'] if rows else start
     if best is not None and args.keep == 'best':
         model.load_state_dict(best['state'])
-    cfg['training'] = _card(args, data, device, total_time, t_start)
+    cfg['training'] = _card(args, data, device, total_time, t_start, steps_done)
     last = rows[-1] if rows else {}
     cfg['metrics'] = {'val_acc': best['val_acc'] if best else None,
                       'val_loss': best['val_loss'] if best else None,
-                      'kept_step': best['step'] if best else args.steps, 'keep': args.keep,
+                      'kept_step': best['step'] if best else steps_done, 'keep': args.keep,
                       'final_val_acc': last.get('val_acc'), 'final_val_loss': last.get('val_loss'),
                       'final_train_loss': last.get('loss'), 'final_train_acc': last.get('acc'),
                       'confusion': best['confusion'] if best else None, 'class_names': names}
@@ -230,18 +256,27 @@ def _init_from(model, cfg, path):
     the classification layer is kept only when the classes are the same."""
     from .network import read_model_file
     state, init_cfg = read_model_file(path)
-    if (init_cfg.get('arch'), init_cfg.get('arch_params')) != (cfg['arch'], cfg['arch_params']):
+    same_arch = (init_cfg.get('arch'), init_cfg.get('arch_params')) == (cfg['arch'], cfg['arch_params'])
+    own = model.state_dict()
+    encoder = {k: v for k, v in state.items() if k.startswith('encoder.')}
+    same_encoder = init_cfg.get('arch') == cfg['arch'] and encoder and all(
+        k in own and own[k].shape == v.shape for k, v in encoder.items())
+    if not (same_arch or same_encoder):
         raise DeepClusterError('--init %s: architecture %s %s differs from this run\'s %s %s'
                                % (path, init_cfg.get('arch'), init_cfg.get('arch_params'),
                                   cfg['arch'], cfg['arch_params']))
     same_classes = list(init_cfg.get('class_names', [])) == list(cfg['class_names'])
-    if not same_classes:
-        state = {k: v for k, v in state.items() if not k.startswith('head.')}
+    if not same_arch:           # e.g. another --hidden: only the convolutions carry over
+        state, layers, why = encoder, 'convolutions', 'other fully connected layers'
+    elif not same_classes:
+        state, layers, why = ({k: v for k, v in state.items() if not k.startswith('head.')}, 'all but the head',
+                              'new classes, new classification layer')
+    else:
+        layers, why = 'all', None
     model.load_state_dict(state, strict=False)
-    log.info('initialised from %s (%s)', path, 'all layers' if same_classes else
-             'encoder only: new classes, new classification layer')
+    log.info('initialised from %s (%s)', path, layers + (': ' + why if why else ''))
     card = init_cfg.get('training', {})
-    return {'path': os.path.basename(path), 'layers': 'all' if same_classes else 'encoder',
+    return {'path': os.path.basename(path), 'layers': layers,
             **{k: card.get(k) for k in ('command', 'steps', 'batch_size', 'samples_seen', 'seconds',
                                         'hardware', 'optimizer', 'started', 'init')}}
 
@@ -287,15 +322,15 @@ def _plots(work, log_csv, best, names):
                              title='Validation confusion (step %d)' % best['step'])
 
 
-def _card(args, data, device, total_time, t_start):
+def _card(args, data, device, total_time, t_start, steps_done):
     hw = {'device': str(device), 'torch': torch.__version__, 'cpu_count': os.cpu_count(),
           'platform': platform.platform()}
     if device.type == 'cuda':
         hw['gpu'] = torch.cuda.get_device_name(device)
     card = dict(data.card)
     card.update({'command': 'deepcluster train ' + ' '.join(shlex.quote(a) for a in (args.argv or [])),
-                 'seed': args.seed, 'steps': args.steps, 'batch_size': args.batch_size,
-                 'samples_seen': args.steps * args.batch_size,
+                 'seed': args.seed, 'steps': steps_done, 'batch_size': args.batch_size,
+                 'samples_seen': steps_done * args.batch_size,
                  'optimizer': {'name': 'adam', 'lr': args.lr, 'betas': [args.beta1, args.beta2],
                                'weight_decay': args.weight_decay, 'schedule': args.schedule,
                                'warmup_steps': args.warmup_steps, 'clip_grad': args.clip_grad,
@@ -304,6 +339,8 @@ def _card(args, data, device, total_time, t_start):
                                                                           time.localtime(t_start)),
                  'seconds': round(total_time, 1), 'hardware': hw,
                  'init': getattr(args, 'init_card', None)})
+    if steps_done < args.steps:
+        card.update(steps_planned=args.steps, max_minutes=args.max_minutes)
     return card
 
 
@@ -355,6 +392,8 @@ def add_parser(subparsers):
                    help="'fast' (default, designed for throughput) or 'deepfinder' (the paper's)")
     m.add_argument('--widths', type=int, nargs=5, default=None, metavar='C',
                    help='fast: channels of its 5 convolutions (default 8 16 32 64 64)')
+    m.add_argument('--hidden', type=int, default=None, metavar='N',
+                   help='fast: width of the fully connected layer before the feature (default 64)')
     m.add_argument('--init', metavar='MODEL.pt', default=None,
                    help='start from this model\'s weights (fine-tuning; same architecture)')
     m.add_argument('--steps', type=int, default=2000)
@@ -375,6 +414,9 @@ def add_parser(subparsers):
     r.add_argument('--work-dir', default=None, help='checkpoints, log CSV and figures '
                    '(default: <out>_train/)')
     r.add_argument('--resume', action='store_true', help='continue from the checkpoint in --work-dir')
+    r.add_argument('--max-minutes', type=float, default=None, metavar='MIN',
+                   help='stop after this much training time and write the model (the cosine schedule '
+                        'then anneals by time; e.g. a queue\'s wall-time limit)')
     r.add_argument('--val-every', type=int, default=100)
     r.add_argument('--checkpoint-every', type=int, default=200, help='steps between checkpoints (0 = none)')
     r.add_argument('--keep-checkpoint', action='store_true', help='keep the checkpoint after success')
@@ -405,6 +447,8 @@ def finalise_args(args):
     args.device = str(pick_device(args.device))   # warns once if cuda is not there
     if args.sim_chunk is None:
         args.sim_chunk = 8 if args.device.startswith('cuda') else 1
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise DeepClusterError('--max-minutes must be positive')
     if args.val_every < 1:
         raise DeepClusterError('--val-every must be at least 1')
     if args.voxel_size is not None and not args.voxel_size > 0:

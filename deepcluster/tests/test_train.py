@@ -255,5 +255,36 @@ def test_init_fine_tunes_from_a_model(folder, tmp_path):
     for k, v in enc.items():
         if v.is_floating_point() and 'running' not in k:
             assert torch.allclose(w[k], v, atol=1e-5), k
+    # another fully connected width: the convolutions carry over, the rest is new
+    wide = str(tmp_path / 'wide.pt')
+    train(parse_args(base_args(folder, wide, '--init', first, '--hidden', 16, '--steps', 1, '--lr', 1e-9,
+                               '--val-every', 1)))
+    w, cfg = read_model_file(wide)
+    assert cfg['arch_params']['hidden'] == 16 and w['embed.0.weight'].shape[0] == 16
+    assert cfg['training']['init']['layers'] == 'convolutions'
+    for k, v in enc.items():
+        if v.is_floating_point() and 'running' not in k:
+            assert torch.allclose(w[k], v, atol=1e-5), k
     with pytest.raises(DeepClusterError, match='architecture'):
         train(parse_args(base_args(folder, str(tmp_path / 'x.pt'), '--init', first, '--widths', 4, 8, 8, 8, 8)))
+    with pytest.raises(DeepClusterError, match='--hidden'):
+        train(parse_args(base_args(folder, str(tmp_path / 'x.pt'), '--hidden', 0)))
+
+
+def test_time_budget_stops_with_an_annealed_model(folder, tmp_path):
+    """--max-minutes: stop early, still validate and write the model; the cosine
+    schedule has run out by the last step; the card tells how far it got."""
+    import time as _time
+    out = str(tmp_path / 'budget.pt')
+    args = parse_args(base_args(folder, out, '--steps', 1000, '--val-every', 500, '--schedule', 'cosine',
+                                '--max-minutes', 0.01))
+    train(args, on_step=lambda s: _time.sleep(0.25))          # 0.6 s budget: a few steps
+    card = read_model_file(out)[1]['training']
+    with open(os.path.join(str(tmp_path / 'budget_train'), 'train_log.csv')) as f:
+        rows = list(csv.DictReader(f))
+    assert card['steps'] < 10 and card['steps_planned'] == 1000 and card['max_minutes'] == 0.01
+    assert card['samples_seen'] == card['steps'] * 12
+    assert [int(r['step']) for r in rows] == [card['steps']] and float(rows[-1]['lr']) < 1e-9
+    assert not os.path.exists(os.path.join(str(tmp_path / 'budget_train'), 'checkpoint.pt'))
+    with pytest.raises(DeepClusterError, match='--max-minutes'):
+        parse_args(base_args(folder, out, '--max-minutes', 0))
