@@ -252,8 +252,10 @@ def train(args, on_step=None):
 
 
 def _init_from(model, cfg, path):
-    """Fine-tuning: start from a model file's weights. The architecture must match;
-    the classification layer is kept only when the classes are the same."""
+    """Fine-tuning: start from a model file's weights. The architecture must match,
+    or at least its convolutions (then only they carry over: a new fully connected
+    part learns on a trained encoder); the classification layer is kept only when
+    the classes are the same."""
     from .network import read_model_file
     state, init_cfg = read_model_file(path)
     same_arch = (init_cfg.get('arch'), init_cfg.get('arch_params')) == (cfg['arch'], cfg['arch_params'])

@@ -52,6 +52,11 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
                       expertLevel=params.LEVEL_ADVANCED, label='Learning rate (Adam)')
         form.addParam('seed', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label='Random seed')
+        form.addParam('maxMinutes', params.FloatParam, default=0, validators=[params.GE(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label='Time limit (min)',
+                      help='Stop after this much training time and write the model (0: no limit), '
+                           'e.g. to fit a queue\'s wall-time limit. The learning rate then anneals '
+                           'by time, so the model is complete, only trained on fewer steps.')
         self._defineGpuParams(form)
 
     # ------------------------------------------------------------------ steps
@@ -82,6 +87,8 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
                 '--arch', ARCHS[self.arch.get()], '--steps', self.steps.get(),
                 '--batch-size', self.batchSize.get(), '--lr', self.learningRate.get(),
                 '--seed', self.seed.get(), '--resume']
+        if self.maxMinutes.get() > 0:
+            args += ['--max-minutes', self.maxMinutes.get()]
         if self.inputType.get() == FROM_SUBTOMOS:
             args += ['--data', self._labelsFn(),
                      '--data-voxel-size', self.inputSubtomograms.get().getSamplingRate()]
@@ -124,11 +131,22 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
             if rows:
                 lines.append('Final validation accuracy: %.3f (step %s)'
                              % (float(rows[-1]['val_acc']), rows[-1]['step']))
+        card = self._card()
+        if card.get('steps_planned'):
+            lines.append('Time limit of %g min reached after %d of %d steps.'
+                         % (card['max_minutes'], card['steps'], card['steps_planned']))
         return lines
+
+    def _card(self):
+        """The training card of the written model ({} before it exists)."""
+        if not os.path.exists(self._modelFn()):
+            return {}
+        from deepcluster.core.network import read_model_file
+        return read_model_file(self._modelFn())[1].get('training', {})
 
     def _methods(self):
         return ['A %s 3D CNN encoder was trained for %d steps (batch %d, Adam, lr %g, class-balanced '
                 'batches) to classify synthetic subtomograms, as in [Moebel2022]; its 32-d '
                 'penultimate layer serves as the shape feature.'
-                % (ARCHS[self.arch.get()], self.steps.get(), self.batchSize.get(),
+                % (ARCHS[self.arch.get()], self._card().get('steps', self.steps.get()), self.batchSize.get(),
                    self.learningRate.get())]

@@ -140,6 +140,13 @@ class TestDeepClusterChain(BaseTest):
                          ['negative', 'proc00', 'proc01', 'proc01_mb', 'proc02'])
         self.assertEqual(train.model.getBox(), 24)
         self.assertIn('proc01_mb', '\n'.join(train._summary()))
+        # a time limit far below one step: the model is still written, and the summary says so
+        quick = self.newProtocol(ProtDeepClusterTrain, inputType=1, steps=50, batchSize=8, boxSize=24,
+                                 maxMinutes=1e-4, useGpu=False)
+        _link(quick, 'inputVolumes', self.sim, 'templates')
+        quick = self.launchProtocol(quick)
+        self.assertIn('Time limit of 0.0001 min reached after 1 of 50 steps.', '\n'.join(quick._summary()))
+        self.assertIn('trained for 1 steps', quick._methods()[0])
 
     def test_viewers_render_headlessly(self):
         from pyworkflow.viewer import MessageView
