@@ -6,8 +6,9 @@ only as good as the machine's quiet.
 The heavier studies stay opt-in: the auto-k criterion comparison
 (``bench_cluster.py --parts auto_k``), model-vs-model quality
 (``bench_embed.py --parts quality invariance --models A.pt B.pt``), the ideal
-observers that bound what the test data allow (``bench_ceiling.py``, ~15 min)
-and the encoder comparison (``bench_arch.py``).
+observers that bound what the test data allow (``bench_ceiling.py``, ~15 min),
+the encoder comparison (``bench_arch.py``) and the trainings of the capacity
+study (``bench_capacity.py``, GPU; its CPU speeds are re-measured here).
 """
 import json
 import os
@@ -28,6 +29,7 @@ BENCHES = [
     ('physical13.68', ['bench_physical.py', '--voxel-size', '13.68']),
     ('physical_context', ['bench_physical.py', '--context', '--contrast', '0.03']),
     ('physical_context13.68', ['bench_physical.py', '--context', '--contrast', '0.03', '--voxel-size', '13.68']),
+    ('capacity_speed', ['bench_capacity.py', '--speed-only']),
     ('invariance', ['bench_embed.py', '--parts', 'invariance', '--models',
                     os.path.join(REPO, 'deepcluster', 'models', 'default.pt')]),
 ]

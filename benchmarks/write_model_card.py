@@ -24,6 +24,26 @@ def _init_lines(init):
     return lines + (_init_lines(init['init']) if init.get('init') else [])
 
 
+def _capacity_lines(cfg):
+    """What a wider encoder would gain (benchmarks/bench_capacity.py), for this architecture."""
+    path = os.path.join(HERE, 'results', 'bench_capacity.json')
+    if not os.path.exists(path):
+        return []
+    r = json.load(open(path))
+    own = [n for n, v in r['variants'].items() if cfg.get('arch') == 'fast' and
+           [v['widths'], v['hidden']] == [cfg['arch_params']['widths'], cfg['arch_params']['hidden']]]
+    if not own:
+        return []
+    t, s, base = r['training'], r['cpu_speed'], own[0]
+    best = max((n for n in s if n in t and s[n]['x_deepfinder'] >= 50), key=lambda n: t[n]['val_acc'])
+    wide = max(t, key=lambda n: t[n]['val_acc'])
+    return ['- Limited by the encoder\'s capacity: trained alike from scratch (bench_capacity.json, %s), '
+            'this architecture reaches validation accuracy %.3f, the best variant that stays 50x faster than '
+            'DeepFinder on the CPU (%s) %.3f, and %s %.3f at %.0fx.' % (
+                t[base]['hardware'], t[base]['val_acc'], best, t[best]['val_acc'], wide, t[wide]['val_acc'],
+                s[wide]['x_deepfinder'])]
+
+
 def _measured(path, sha):
     """The benchmark result at ``path`` if it was measured on the model with this sha256."""
     if not os.path.exists(path):
@@ -135,6 +155,7 @@ def main(argv=None):
               '- Trained at a local SNR of %s-%s; cleaner input (far cleaner than real tomograms, e.g. '
               'noise-free simulations) is outside that range and clusters worse (the SNR 100-1000 and '
               'noise-free rows above).' % tuple((card.get('simulation') or {}).get('snr', ('?', '?')))]
+    lines += _capacity_lines(cfg)
     out = os.path.join(os.path.dirname(os.path.abspath(a.model)), 'MODEL_CARD.md')
     with open(out + '.tmp', 'w') as f:
         f.write('\n'.join(lines) + '\n')
