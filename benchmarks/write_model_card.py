@@ -35,7 +35,7 @@ def _capacity_lines(cfg):
     if not own:
         return []
     t, s, base = r['training'], r['cpu_speed'], own[0]
-    best = max((n for n in s if n in t and s[n]['x_deepfinder'] >= 50), key=lambda n: t[n]['val_acc'])
+    best = max((n for n in s if n in t and s[n]['x_deepfinder'] >= 50), key=lambda n: t[n]['val_acc'], default=base)
     wide = max(t, key=lambda n: t[n]['val_acc'])
     return ['- Limited by the encoder\'s capacity: trained alike from scratch (bench_capacity.json, %s), '
             'this architecture reaches validation accuracy %.3f, the best variant that stays 50x faster than '
