@@ -89,13 +89,7 @@ def cpu_speed(rounds=4, box=40):
     models = {n: build_model(c).eval() for n, c in cfgs.items()}
     embs = {n: Embedder(models[n], cfgs[n], device='cpu') for n in cfgs}
     plan = {n: (32, 1) if n == 'deepfinder' else (128, 3) for n in embs}
-    g = torch.Generator().manual_seed(0)
-    data = {n: torch.randn(plan[n][0], box, box, box, generator=g) for n in embs}
-    rates = {n: [] for n in embs}
-    for _ in range(rounds):
-        for n in embs:
-            rates[n].append(bench_embed._rate(embs[n], data[n], plan[n][1]))
-    best = {n: max(r) for n, r in rates.items()}
+    best = {n: max(r) for n, r in bench_embed.interleaved_rates(embs, plan, rounds, box).items()}
     return {n: {'best_per_s': round(best[n], 1), 'x_deepfinder': round(best[n] / best['deepfinder'], 1),
                 'params': sum(p.numel() for p in models[n].parameters())} for n in embs}
 

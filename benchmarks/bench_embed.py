@@ -84,6 +84,18 @@ def _rate(emb, x, n_batches):
     return n_batches * len(x) / (time.perf_counter() - t)
 
 
+def interleaved_rates(embs, plan, rounds, box):
+    """Subtomograms/s of each embedder, ``rounds`` rounds taking turns (so a noisy
+    machine hits all alike); ``plan[name]`` = (batch size, batches per round)."""
+    g = torch.Generator().manual_seed(0)
+    data = {a: torch.randn(plan[a][0], box, box, box, generator=g) for a in plan}
+    rates = {a: [] for a in plan}
+    for _ in range(rounds):
+        for a in plan:
+            rates[a].append(_rate(embs[a], data[a], plan[a][1]))
+    return rates
+
+
 def speed(device='cpu', rounds=4, box=40, threads=(None,)):
     """Interleaved rounds of both architectures; subtomograms/s. On the CPU once per
     torch thread count in ``threads`` (None = torch's default, one per core): on a
@@ -91,18 +103,13 @@ def speed(device='cpu', rounds=4, box=40, threads=(None,)):
     plan = ({'fast': (1024, 20), 'deepfinder': (128, 10)} if device == 'cuda'
             else {'fast': (128, 3), 'deepfinder': (32, 1)})   # (batch size, batches per round)
     embs = {a: Embedder(*untrained(a, box), device=device) for a in plan}
-    g = torch.Generator().manual_seed(0)
-    data = {a: torch.randn(plan[a][0], box, box, box, generator=g) for a in plan}
     res = {'device': device, 'box': box, 'rounds': rounds, 'batch_size': {a: plan[a][0] for a in plan},
            'weights': 'untrained (speed does not depend on them)', 'inference': 'BatchNorm folded, '
            'channels_last_3d, torch.inference_mode, fp32'}
     default_threads = torch.get_num_threads()
     for th in threads:
         torch.set_num_threads(th or default_threads)
-        rates = {a: [] for a in plan}
-        for _ in range(rounds):
-            for a in plan:
-                rates[a].append(_rate(embs[a], data[a], plan[a][1]))
+        rates = interleaved_rates(embs, plan, rounds, box)
         r = {}
         for a in plan:
             r[a] = {'best_per_s': round(max(rates[a]), 1), 'median_per_s': round(float(np.median(rates[a])), 1),

@@ -128,7 +128,7 @@ def train(args, on_step=None):
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
                            weight_decay=args.weight_decay)
     budget = 60.0 * args.max_minutes if getattr(args, 'max_minutes', None) else None
-    clock = {'elapsed': 0.0, 't0': time.perf_counter()}   # training time so far, for the budget
+    clock = {'elapsed': 0.0, 't0': time.perf_counter()}   # training time, across resumes
 
     def used():
         return clock['elapsed'] + time.perf_counter() - clock['t0']
@@ -200,7 +200,7 @@ def train(args, on_step=None):
             vl, va, conf = evaluate(model, data, args.batch_size * 4, device, amp_dtype, n_cls)
             row = {'step': done, 'loss': acc[0] / acc[2], 'acc': acc[1] / acc[2], 'val_loss': vl,
                    'val_acc': va, 'lr': opt.param_groups[0]['lr'],
-                   'time': round(elapsed + time.perf_counter() - t0, 2)}
+                   'time': round(used(), 2)}
             rows.append(row)
             acc = [0.0, 0, 0]
             no_val = math.isnan(va)   # empty validation split: keep the last weights
@@ -221,15 +221,14 @@ def train(args, on_step=None):
             t_last, s_last = now, done
         if args.checkpoint_every and done % args.checkpoint_every == 0 and not last_step:
             acc = _merge(acc, run_loss, run_correct)
-            _save_checkpoint(ckpt_path, model, opt, sched, scaler, done, rows, acc, best,
-                             elapsed + time.perf_counter() - t0, args)
+            _save_checkpoint(ckpt_path, model, opt, sched, scaler, done, rows, acc, best, used(), args)
         if on_step is not None:
             on_step(done)
         if out_of_time:
             log.info('--max-minutes %g reached: stopping at step %d of %d', args.max_minutes, done, args.steps)
             break
 
-    total_time = elapsed + time.perf_counter() - t0
+    total_time = used()
     steps_done = rows[-1]['step'] if rows else start
     if best is not None and args.keep == 'best':
         model.load_state_dict(best['state'])

@@ -125,28 +125,23 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
             return ['Training not finished yet.']
         model = getattr(self, TrainOutputs.model.name)
         lines = ['Model: %s' % model, 'Classes: %s' % ', '.join(model.getClassNames())]
-        log = os.path.join(self._workDir(), 'train_log.csv')
-        if os.path.exists(log):
-            rows = [r for r in csv.DictReader(open(log)) if r.get('val_acc')]
-            if rows:
-                lines.append('Final validation accuracy: %.3f (step %s)'
-                             % (float(rows[-1]['val_acc']), rows[-1]['step']))
-        card = self._card()
-        if card.get('steps_planned'):
-            lines.append('Time limit of %g min reached after %d of %d steps.'
-                         % (card['max_minutes'], card['steps'], card['steps_planned']))
+        last = self._lastLogRow()
+        if last.get('val_acc'):
+            lines.append('Final validation accuracy: %.3f (step %s)' % (float(last['val_acc']), last['step']))
+        if last and self.maxMinutes.get() > 0 and int(last['step']) < self.steps.get():
+            lines.append('Time limit of %g min reached after %s of %d steps.'
+                         % (self.maxMinutes.get(), last['step'], self.steps.get()))
         return lines
 
-    def _card(self):
-        """The training card of the written model ({} before it exists)."""
-        if not os.path.exists(self._modelFn()):
-            return {}
-        from deepcluster.core.network import read_model_file
-        return read_model_file(self._modelFn())[1].get('training', {})
+    def _lastLogRow(self):
+        """The training log's last row: the final step ({} before there is one)."""
+        log = os.path.join(self._workDir(), 'train_log.csv')
+        rows = list(csv.DictReader(open(log))) if os.path.exists(log) else []
+        return rows[-1] if rows else {}
 
     def _methods(self):
         return ['A %s 3D CNN encoder was trained for %d steps (batch %d, Adam, lr %g, class-balanced '
                 'batches) to classify synthetic subtomograms, as in [Moebel2022]; its 32-d '
                 'penultimate layer serves as the shape feature.'
-                % (ARCHS[self.arch.get()], self._card().get('steps', self.steps.get()), self.batchSize.get(),
-                   self.learningRate.get())]
+                % (ARCHS[self.arch.get()], int(self._lastLogRow().get('step') or self.steps.get()),
+                   self.batchSize.get(), self.learningRate.get())]
