@@ -5,8 +5,8 @@ simulated set, bench_embed.quality). The equal-samples budget is what a CPU can
 afford for deepfinder; the speed ratio itself is in bench_embed.json ('speed').
 
     python benchmarks/bench_arch.py [--steps 400] [--batch-size 32] [--lr 1e-3]
-    python benchmarks/bench_arch.py --device cuda --parallel --steps 8000 --batch-size 64 \
-        --lr 1e-4 --max-minutes 5 --name arch_comparison_gpu      # towards convergence
+    python benchmarks/bench_arch.py --device cuda --parallel --steps 6000 --batch-size 64 \
+        --lr 1e-4 --max-minutes 5 --val-every 400 --name arch_comparison_gpu   # towards convergence
 
 --parallel trains both at once (one GPU holds both); --max-minutes caps each
 training's time (then the samples seen differ: both are reported).
