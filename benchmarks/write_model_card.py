@@ -30,12 +30,14 @@ def _capacity_lines(cfg):
     if not os.path.exists(path):
         return []
     r = json.load(open(path))
+    p = cfg.get('arch_params') or {}
     own = [n for n, v in r['variants'].items() if cfg.get('arch') == 'fast' and
-           [v['widths'], v['hidden']] == [cfg['arch_params']['widths'], cfg['arch_params']['hidden']]]
+           (v['widths'], v['hidden']) == (p.get('widths'), p.get('hidden'))]
     if not own:
         return []
     t, s, base = r['training'], r['cpu_speed'], own[0]
-    best = max((n for n in s if n in t and s[n]['x_deepfinder'] >= 50), key=lambda n: t[n]['val_acc'], default=base)
+    fast_enough = [n for n in t if s[n]['x_deepfinder'] >= 50]
+    best = max(fast_enough, key=lambda n: t[n]['val_acc'], default=base)
     wide = max(t, key=lambda n: t[n]['val_acc'])
     return ['- Limited by the encoder\'s capacity: trained alike from scratch (bench_capacity.json, %s), '
             'this architecture reaches validation accuracy %.3f, the best variant that stays 50x faster than '
