@@ -25,6 +25,8 @@ plain dict}`` that loads with ``torch.load(..., weights_only=True)``.
 import copy
 import hashlib
 import os
+import pickle
+import zipfile
 
 import numpy as np
 import torch
@@ -240,8 +242,16 @@ def read_model_file(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DeepClusterError('%s: no such model file' % path)
+    if not zipfile.is_zipfile(path):
+        raise DeepClusterError('%s: not a deepcluster model file (not a PyTorch zip archive); '
+                               'give a .pt written by deepcluster train' % path)
     try:
         blob = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own text is a page long; the cause is always the same
+        raise DeepClusterError('%s: not a deepcluster model file (it holds Python objects that a safe '
+                               'weights-only load refuses, e.g. a whole pickled network); give a .pt '
+                               'written by deepcluster train' % path)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeepClusterError('%s: not a deepcluster model file (%s)' % (path, msg[:200]))

@@ -179,6 +179,15 @@ def test_bad_model_device_and_empty_inputs(files, model_path, tmp_path, monkeypa
     torch.save({'a': torch.zeros(2)}, str(notours))
     with pytest.raises(DeepClusterError, match='weights.pt: not a deepcluster model'):
         embed_files(files, str(notours), out=out)
+    garbage = tmp_path / 'garbage.pt'
+    garbage.write_bytes(b'not a model' * 10)
+    with pytest.raises(DeepClusterError, match='garbage.pt: not a deepcluster model file .not a PyTorch zip'):
+        embed_files(files, str(garbage), out=out)
+    pickled = tmp_path / 'pickled.pt'
+    torch.save(torch.nn.Linear(2, 2), str(pickled))      # a whole network: refused unread
+    with pytest.raises(DeepClusterError, match='pickled.pt: .*weights-only load refuses') as e:
+        embed_files(files, str(pickled), out=out)
+    assert len(str(e.value)) < 300
     empty = tmp_path / 'empty'
     empty.mkdir()
     with pytest.raises(DeepClusterError, match='no .mrc files'):
