@@ -13,7 +13,9 @@ Writes benchmarks/results/bench_cluster.json. Parts:
           against the true labels.
   auto_k  each k criterion on well-separated synthetic sets with known k
           (anisotropic, imbalanced Gaussian blobs in 32-d; the same L2-normalised
-          onto the hypersphere): hits and time.
+          onto the hypersphere): hits and time. How the criteria fare on real
+          CNN features of simulated subtomograms (overlapping classes, where the
+          default pca_bic was chosen): bench_quality.py, 'auto_k'.
   auto_k_time  choose_k with the default criterion on 10,000 items, k in 2..20.
 """
 import argparse

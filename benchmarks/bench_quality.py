@@ -17,6 +17,8 @@ Scenarios (each 50 subtomograms per class, seeds never used in training):
 - snr:       the shrec scenario per SNR band (0.1-0.3, 0.3-1, 1-3, 3-10, 10-100,
              100-1000 and noise-free): how the quality depends on the noise
              (small particles vanish first) and whether clean, high-contrast data stay in domain.
+Each scenario also reports the k that ``--k auto`` chooses on these features (the
+CLI's default criterion and range, k = 2..20) and the V-measure there ('auto_k').
 Where the model was trained on the test classes, its own classifier's accuracy
 and V-measure on them are reported too ('supervised_classifier'): the ceiling
 that k-means on its features can hardly pass.
@@ -36,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from deepcluster.core import cluster, evaluation, plots                       # noqa: E402
+from deepcluster.core import cluster, evaluation, k_selection, plots          # noqa: E402
 from deepcluster.core.embed import Embedder, embed_arrays, prepare_batch       # noqa: E402
 from deepcluster.core.network import model_sha256                             # noqa: E402
 from deepcluster.core.simulate import SimulationConfig, Simulator              # noqa: E402
@@ -46,6 +48,7 @@ SHREC = ['1s3x', '3qm1', '3gl1', '3h84', '2cg9', '3d2f', '1u6g', '3cf3', '1bxn',
          '4cr2', '5mrc', '4v94']
 TEST_SEED = 20261126          # never a training seed
 N_PER_CLASS = 50
+AUTO_K_RANGE = (2, 20)        # the cluster CLI's default --k-range
 
 
 def structures_root():
@@ -95,6 +98,10 @@ def score(emb, vols, truth, voxel_size, seed, plots_dir=None, ceiling=True):
     out = {'n': int(len(truth)), 'k': k, 'embed_seconds': round(t_embed, 2)}
     out.update({m: round(res[m], 4) for m in ('v_measure', 'homogeneity', 'completeness', 'ari', 'nmi')})
     out['contingency'] = res['contingency']
+    chosen, _ = k_selection.choose_k(X, AUTO_K_RANGE, seed=seed)
+    auto = cluster.cluster_features(X, chosen, 'kmeans', seed=seed, scores=False)[0]
+    out['auto_k'] = {'k': int(chosen), 'criterion': k_selection.DEFAULT_K_CRITERION,
+                     'v_measure': round(evaluation.evaluate(truth, auto)['v_measure'], 4)}
     ceiling = ceiling and supervised_ceiling(emb, vols, truth, voxel_size)
     if ceiling:
         out['supervised_classifier'] = ceiling
@@ -161,7 +168,8 @@ def main(argv=None):
                 b.pop('contingency')
                 key = 'noise-free' if band[0] >= 1e4 else '%g-%g' % band
                 bands[key] = b
-                print('  SNR %-10s V-measure %.3f' % (key, b['v_measure']), flush=True)
+                print('  SNR %-10s V-measure %.3f  (auto: k=%d, V %.3f)'
+                      % (key, b['v_measure'], b['auto_k']['k'], b['auto_k']['v_measure']), flush=True)
             r = {'bands': bands, 'k': 14, 'n': sum(b['n'] for b in bands.values())}
             r.update({m: round(float(np.mean([b[m] for b in bands.values()])), 4)
                       for m in ('v_measure', 'homogeneity', 'completeness', 'ari')})
@@ -169,9 +177,10 @@ def main(argv=None):
             raise SystemExit('unknown scenario %s' % name)
         r['seconds'] = round(time.time() - t0, 1)
         result['scenarios'][name] = r
-        print('%-11s V-measure %.3f  homogeneity %.3f  completeness %.3f  ARI %.3f  (k=%d, n=%d, %.0f s)'
+        auto = ('  auto: k=%d, V %.3f' % (r['auto_k']['k'], r['auto_k']['v_measure'])) if 'auto_k' in r else ''
+        print('%-11s V-measure %.3f  homogeneity %.3f  completeness %.3f  ARI %.3f  (k=%d, n=%d, %.0f s)%s'
               % (name, r['v_measure'], r['homogeneity'], r['completeness'], r['ari'], r['k'], r['n'],
-                 r['seconds']), flush=True)
+                 r['seconds'], auto), flush=True)
     result['seconds'] = round(time.time() - t_all, 1)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + '.tmp', 'w') as f:

@@ -13,6 +13,7 @@ from .protocol_base import ProtDeepClusterBase
 
 METHODS = ['kmeans', 'gmm', 'agglomerative', 'hdbscan']
 K_FIXED, K_AUTO = 0, 1
+K_CRITERIA = ['pca_bic', 'silhouette', 'bic', 'stability', 'calinski_harabasz']   # core.k_selection's
 METRIC_NAMES = [('v_measure', 'V-measure'), ('homogeneity', 'homogeneity'),
                 ('completeness', 'completeness'), ('ari', 'ARI'), ('nmi', 'NMI')]
 
@@ -49,6 +50,15 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
                                  'curve is shown by the viewer.')
         line.addParam('kMin', params.IntParam, default=2, label='min')
         line.addParam('kMax', params.IntParam, default=15, label='max')
+        form.addParam('kCriterion', params.EnumParam, choices=K_CRITERIA, default=0,
+                      condition='kMode==%d' % K_AUTO, expertLevel=params.LEVEL_ADVANCED,
+                      label='Criterion for k',
+                      help='pca_bic (default): BIC of a Gaussian mixture in the 4 leading principal '
+                           'components; on the shipped model\'s features of simulated data it lands '
+                           'near the true number of classes. silhouette: best when the classes form '
+                           'clean, separate groups; on noisy subtomograms it finds only the coarse '
+                           'split (e.g. 3 for 14 classes). Either way, a few classes too many cost '
+                           'less than too few: classes can be merged after averaging.')
         form.addParam('method', params.EnumParam, choices=METHODS, default=0,
                       label='Method', help='k-means is the method of the paper.')
         form.addParam('seed', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
@@ -85,7 +95,8 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
                 '--method', METHODS[self.method.get()], '--seed', self.seed.get(),
                 '--plots', self._plotsDir()]
         if k == 'auto':
-            args += ['--k-range', self.kMin.get(), self.kMax.get()]
+            args += ['--k-range', self.kMin.get(), self.kMax.get(),
+                     '--k-criterion', K_CRITERIA[self.kCriterion.get()]]
         if os.path.exists(os.path.join(d, 'truth.csv')):
             args += ['--truth', os.path.join(d, 'truth.csv')]
         self.runDeepCluster('cluster', args)
@@ -157,7 +168,8 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
         classes = getattr(self, ClusterOutputs.classes.name)
         lines = ['%d classes (%s, k %s). Representative = member nearest the centroid.'
                  % (classes.getSize(), METHODS[self.method.get()],
-                    'chosen automatically' if self.kMode.get() == K_AUTO else 'fixed')]
+                    'chosen by %s' % K_CRITERIA[self.kCriterion.get()] if self.kMode.get() == K_AUTO
+                    else 'fixed')]
         for cls in classes.iterItems(orderBy='id'):
             lines.append('  class %d: %d subtomograms' % (cls.getObjId(), cls.getSize()))
         metrics = (self._report() or {}).get('metrics')

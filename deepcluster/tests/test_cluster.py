@@ -75,9 +75,11 @@ def test_class_representatives():
 @pytest.mark.parametrize('sphere', [False, True])
 def test_auto_k_finds_true_k(sphere):
     X, y = blobs(1200, 6, seed=4, imbalance=5.0, anisotropy=8.0, sphere=sphere)
-    k, curve = k_selection.choose_k(X, (2, 10), seed=0)
-    assert k == 6 and curve['chosen'] == 6 and curve['method'] == 'silhouette'
-    assert curve['k'] == list(range(2, 11)) and len(curve['scores']['silhouette']) == 9
+    for criterion in ('pca_bic', 'silhouette'):        # the default, and the best on clean groups
+        k, curve = k_selection.choose_k(X, (2, 10), seed=0, criterion=criterion)
+        assert k == 6 and curve['chosen'] == 6 and curve['method'] == criterion
+        assert curve['k'] == list(range(2, 11)) and len(curve['scores'][criterion]) == 9
+    assert k_selection.DEFAULT_K_CRITERION == 'pca_bic'
 
 
 @pytest.mark.parametrize('criterion', ['bic', 'stability', 'calinski_harabasz'])

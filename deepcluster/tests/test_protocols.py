@@ -118,6 +118,10 @@ class TestDeepClusterChain(BaseTest):
         prot = self.launchProtocol(prot)
         self.assertEqual(prot.subtomograms.getSize(), N_CLASSES * N_PER_CLASS)
         self.assertTrue(2 <= prot.classes.getSize() <= 6)
+        self.assertIn('k chosen by pca_bic', prot._summary()[0])
+        from deepcluster.core.k_selection import K_CRITERIA
+        from deepcluster.protocols.protocol_cluster import K_CRITERIA as FORM_CRITERIA
+        self.assertEqual(FORM_CRITERIA, list(K_CRITERIA))
 
     def test_validation_messages(self):
         clu = self.newProtocol(ProtDeepClusterCluster, numberOfClasses=1000)

@@ -38,3 +38,19 @@ def test_shipped_model_separates_distinct_structures():
     pred = cluster.cluster_features(X, 5, seed=0, scores=False)[0]
     # measured 1.0 (0.96 for the previous model); an untrained encoder gives 0.06-0.18
     assert evaluation.evaluate(labels.numpy(), pred)['v_measure'] >= 0.85
+
+
+def test_auto_k_on_shipped_features_counts_the_classes():
+    """--k auto's default criterion on what users cluster: the shipped model's features of
+    8 shapes it never saw + negative. Measured: pca_bic k = 9; silhouette 6 (it sees only
+    the coarse groups, and on the 14-class SHREC sets 3: bench_quality.py 'auto_k')."""
+    from deepcluster.core import k_selection
+    from deepcluster.core.simulate import SimulationConfig, Simulator
+    from deepcluster.core.structures import procedural_templates
+    sim = Simulator(procedural_templates(8, 10.0, seed=777), SimulationConfig(box=40, snr=(0.3, 3.0)),
+                    negative=True)
+    labels = torch.arange(9).repeat_interleave(40)
+    vols = sim.batch(labels, torch.Generator().manual_seed(3)).numpy()
+    emb = Embedder.from_file()
+    k, curve = k_selection.choose_k(embed_arrays(vols, emb, emb.config), (2, 20), seed=0)
+    assert curve['method'] == 'pca_bic' and abs(k - 9) <= 1
