@@ -108,8 +108,12 @@ def main(argv=None):
                   '|---|---|---|---|---|---|---|']
         rows = []
         for name, r in q['scenarios'].items():
-            rows += [('shrec, SNR %s' % b, r['k'], rb) for b, rb in r['bands'].items()] if 'bands' in r \
-                else [(name, r['k'], r)]
+            if 'bands' in r:
+                rows += [('shrec, SNR %s' % b, r['k'], rb) for b, rb in r['bands'].items()]
+            elif 'levels' in r:
+                rows += [('shrec, picking error up to %s voxels' % s, r['k'], rs) for s, rs in r['levels'].items()]
+            else:
+                rows.append((name, r['k'], r))
         for name, k, r in rows:
             c = r.get('supervised_classifier')
             lines.append('| %s | %d | %.3f | %.3f | %.3f | %.3f | %s |' % (

@@ -67,7 +67,7 @@ def choose_k(X, k_range=(2, 20), method='kmeans', seed=0, criterion=DEFAULT_K_CR
     best over k, silhouette's 0.03-0.28 below. Fewer dimensions are what make it
     work: in all 32, each cluster's 528 covariance numbers price clusters out
     ('bic' below chose 2-9 on the same sets); 6 or 8 components chose fewer, and worse, k than 4.
-    On the well-separated synthetic sets below it is right on 9-11 of 24 (mean
+    On the well-separated synthetic sets below it is right on 9 of 24 (mean
     |k error| 1.5): choose silhouette for features that form clean, separate groups.
 
     Silhouette was the most accurate on well-separated synthetic clusters, at a quarter

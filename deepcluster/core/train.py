@@ -85,7 +85,7 @@ def fingerprint(args):
             'snr', 'tilt_range', 'arch', 'widths', 'hidden', 'batch_size', 'lr', 'beta1', 'beta2', 'weight_decay',
             'seed', 'val_fraction', 'val_per_class', 'augment', 'label_smoothing', 'clip_grad',
             'schedule', 'warmup_steps', 'sim_chunk', 'invert_contrast', 'data_voxel_size', 'init',
-            'bandlimit_probability']
+            'bandlimit_probability', 'max_shift']
     return plain({k: getattr(args, k, None) for k in keys})
 
 
@@ -146,8 +146,9 @@ def train(args, on_step=None):
         ck = torch.load(ckpt_path, map_location='cpu', weights_only=True)
         if ck.get('format') != CKPT_FORMAT:
             raise DeepClusterError('%s: not a deepcluster checkpoint' % ckpt_path)
-        if ck['fingerprint'] != fingerprint(args):
-            diff = [k for k in ck['fingerprint'] if ck['fingerprint'][k] != fingerprint(args).get(k)]
+        old, new = ck['fingerprint'], fingerprint(args)
+        diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]   # a newer flag
+        if diff:                                                # left at its default (None) matches
             raise DeepClusterError('--resume: %s was made with different settings (%s); use the '
                                    'same flags or another --work-dir' % (ckpt_path, ', '.join(diff)))
         model.load_state_dict(ck['model'])
@@ -375,6 +376,9 @@ def add_parser(subparsers):
                    help='simulation: share of subtomograms band-limited as if acquired at a coarser '
                         'voxel size (10-20 A) and resampled, as real data at other voxel sizes are '
                         '(default %(default)s)')
+    d.add_argument('--max-shift', type=float, default=None, metavar='VOXELS',
+                   help='simulation: picking error, a uniform offset of up to this many voxels per '
+                        'axis (default 1, as template-matching picks); raise it for rougher picks')
     d.add_argument('--sim-chunk', type=int, default=None,
                    help='simulate this many steps of batches at once (default 1 on CPU, 8 on GPU)')
     d.add_argument('--data-voxel-size', type=float, default=None, metavar='A',
@@ -458,6 +462,8 @@ def finalise_args(args):
         raise DeepClusterError('--tilt-range: give DEG or MIN MAX')
     if not 0 <= args.bandlimit_probability <= 1:
         raise DeepClusterError('--bandlimit-probability must be within 0..1')
+    if args.max_shift is not None and not 0 <= args.max_shift < (args.box or 40) / 4:
+        raise DeepClusterError('--max-shift %g: must be within 0 and a quarter of the box' % args.max_shift)
     if not 0 <= args.val_fraction < 1:
         raise DeepClusterError('--val-fraction must be in [0, 1)')
     return args

@@ -141,6 +141,8 @@ class SimulatedData:
                 'bandlimit_probability': args.bandlimit_probability}
         if args.snr:
             want['snr'] = tuple(args.snr)
+        if getattr(args, 'max_shift', None) is not None:
+            want['max_shift'] = float(args.max_shift)
         if args.tilt_range:
             t = args.tilt_range
             want['tilt_range'] = (-abs(t[0]), abs(t[0])) if len(t) == 1 else tuple(t)

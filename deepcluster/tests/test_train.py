@@ -226,6 +226,15 @@ def test_on_the_fly_simulation_resumes_exactly(tmp_path):
     assert card['source'] == 'simulated on the fly' and card['procedural'] == 2
     assert card['simulation']['box'] == 16 and card['n_val'] == 6 and card['negative_class'] is True
     assert set(card['templates']) == {'proc00', 'proc01'}
+    assert card['simulation']['max_shift'] == 1.0          # the data model's default picking error
+
+
+def test_max_shift_sets_the_picking_error(tmp_path):
+    out = str(tmp_path / 'rough.pt')
+    train(parse_args(sim_args(out, '--steps', 2, '--max-shift', 2.5)))
+    assert read_model_file(out)[1]['training']['simulation']['max_shift'] == 2.5
+    with pytest.raises(DeepClusterError, match='--max-shift 4: must be within 0 and a quarter of the box'):
+        parse_args(sim_args(out, '--max-shift', 4))
 
 
 def test_simulation_flag_errors(tmp_path):
