@@ -70,6 +70,7 @@ def _run_chain(args, project, report, structures, t0):
 
     from deepcluster.protocols import (ProtDeepClusterCluster, ProtDeepClusterEmbed,
                                        ProtDeepClusterSimulate)
+    from deepcluster.protocols.protocol_cluster import K_FIXED
 
     sim = project.newProtocol(ProtDeepClusterSimulate, nPerClass=args.n_per_class,
                               seed=args.seed, negative=True)
@@ -86,7 +87,7 @@ def _run_chain(args, project, report, structures, t0):
     emb.inputSubtomograms.setExtended('subtomograms')
     emb = _launch(project, emb, 'embed (shipped model)')
 
-    clu = project.newProtocol(ProtDeepClusterCluster, numberOfClasses=n_classes)
+    clu = project.newProtocol(ProtDeepClusterCluster, kMode=K_FIXED, numberOfClasses=n_classes)
     clu.inputSubtomograms.set(emb)
     clu.inputSubtomograms.setExtended('subtomograms')
     clu = _launch(project, clu, 'cluster (k-means, k=%d)' % n_classes)

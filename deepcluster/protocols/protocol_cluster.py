@@ -41,15 +41,18 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
     @staticmethod
     def _defineClusterParams(form):
         form.addSection(label='Clustering')
-        form.addParam('kMode', params.EnumParam, choices=['fixed', 'auto'], default=K_FIXED,
-                      display=params.EnumParam.DISPLAY_HLIST, label='Number of classes')
+        form.addParam('kMode', params.EnumParam, choices=['fixed', 'auto'], default=K_AUTO,
+                      display=params.EnumParam.DISPLAY_HLIST, label='Number of classes',
+                      help='auto: chosen from the features within a range (see the viewer\'s '
+                           'k-selection curve); fixed: you give k. For averaging, a few classes '
+                           'too many cost less than too few.')
         form.addParam('numberOfClasses', params.IntParam, default=3, validators=[params.GE(1)],
                       condition='kMode==%d' % K_FIXED, label='k')
         line = form.addLine('Range of k', condition='kMode==%d' % K_AUTO,
                             help='k is chosen from the data within this range; the score '
                                  'curve is shown by the viewer.')
         line.addParam('kMin', params.IntParam, default=2, label='min')
-        line.addParam('kMax', params.IntParam, default=15, label='max')
+        line.addParam('kMax', params.IntParam, default=20, label='max')
         form.addParam('kCriterion', params.EnumParam, choices=K_CRITERIA, default=0,
                       condition='kMode==%d' % K_AUTO, expertLevel=params.LEVEL_ADVANCED,
                       label='Criterion for k',
@@ -151,8 +154,11 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
         if self.kMode.get() == K_FIXED and self.numberOfClasses.get() > n:
             return ['k = %d is larger than the number of subtomograms (%d).'
                     % (self.numberOfClasses.get(), n)]
-        if self.kMode.get() == K_AUTO and not 1 <= self.kMin.get() <= self.kMax.get() <= n:
-            return ['Range of k must satisfy 1 <= min <= max <= number of subtomograms (%d).' % n]
+        if self.kMode.get() == K_AUTO and not 2 <= self.kMin.get() <= self.kMax.get():
+            return ['Range of k: need 2 <= min <= max.']
+        if self.kMode.get() == K_AUTO and self.kMin.get() >= n:
+            return ['Range of k: min (%d) must be below the number of subtomograms (%d).'
+                    % (self.kMin.get(), n)]
         return []
 
     def _report(self):

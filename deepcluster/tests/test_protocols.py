@@ -10,6 +10,7 @@ from deepcluster.constants import FEATURE_ATTR, LABEL_ATTR
 from deepcluster.protocols import (ProtDeepClusterClassify, ProtDeepClusterCluster,
                                    ProtDeepClusterEmbed, ProtDeepClusterSimulate,
                                    ProtDeepClusterTrain)
+from deepcluster.protocols.protocol_cluster import K_FIXED
 
 N_PER_CLASS = 8
 N_CLASSES = 3 + 1          # procedural + negative
@@ -37,7 +38,7 @@ class TestDeepClusterChain(BaseTest):
         _link(embed, 'inputSubtomograms', cls.sim, 'subtomograms')
         _link(embed, 'inputModel', cls.train, 'model')
         cls.embed = cls.launchProtocol(embed)
-        clu = cls.newProtocol(ProtDeepClusterCluster, numberOfClasses=N_CLASSES, seed=3)
+        clu = cls.newProtocol(ProtDeepClusterCluster, kMode=K_FIXED, numberOfClasses=N_CLASSES, seed=3)
         _link(clu, 'inputSubtomograms', cls.embed, 'subtomograms')
         cls.cluster = cls.launchProtocol(clu)
 
@@ -112,7 +113,7 @@ class TestDeepClusterChain(BaseTest):
         self.assertEqual(first.getAcquisition().getAngleMin(), -55)
 
     def test_classify_runs_whole_chain_with_auto_k(self):
-        prot = self.newProtocol(ProtDeepClusterClassify, kMode=1, kMin=2, kMax=6, useGpu=False)
+        prot = self.newProtocol(ProtDeepClusterClassify, kMin=2, kMax=6, useGpu=False)   # auto: the default
         _link(prot, 'inputSubtomograms', self.sim, 'subtomograms')
         _link(prot, 'inputModel', self.train, 'model')
         prot = self.launchProtocol(prot)
@@ -124,10 +125,16 @@ class TestDeepClusterChain(BaseTest):
         self.assertEqual(FORM_CRITERIA, list(K_CRITERIA))
 
     def test_validation_messages(self):
-        clu = self.newProtocol(ProtDeepClusterCluster, numberOfClasses=1000)
+        clu = self.newProtocol(ProtDeepClusterCluster, kMode=K_FIXED, numberOfClasses=1000)
         _link(clu, 'inputSubtomograms', self.embed, 'subtomograms')
         self.assertTrue(any('larger than' in e for e in clu.validate()))
-        clu = self.newProtocol(ProtDeepClusterCluster, numberOfClasses=2)
+        clu = self.newProtocol(ProtDeepClusterCluster, kMin=1)          # auto k, the default
+        _link(clu, 'inputSubtomograms', self.embed, 'subtomograms')
+        self.assertTrue(any('need 2 <= min <= max' in e for e in clu.validate()))
+        clu = self.newProtocol(ProtDeepClusterCluster, kMin=1000, kMax=1000)
+        _link(clu, 'inputSubtomograms', self.embed, 'subtomograms')
+        self.assertTrue(any('below the number of subtomograms' in e for e in clu.validate()))
+        clu = self.newProtocol(ProtDeepClusterCluster, kMode=K_FIXED, numberOfClasses=2)
         _link(clu, 'inputSubtomograms', self.sim, 'subtomograms')
         self.assertTrue(any('no deepcluster features' in e for e in clu.validate()))
         sim = self.newProtocol(ProtDeepClusterSimulate)
