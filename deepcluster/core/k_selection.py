@@ -113,7 +113,7 @@ def choose_k(X, k_range=(2, 20), method='kmeans', seed=0, criterion=DEFAULT_K_CR
     if 'pca_bic' in wanted:
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
-        Z = PCA(min(PCA_BIC_DIMS, Xs.shape[1]), random_state=seed).fit_transform(Xs)
+        Z = PCA(min(PCA_BIC_DIMS, *Xs.shape), random_state=seed).fit_transform(Xs)
         Z /= max(float(np.sqrt((Z ** 2).sum(1).mean())), 1e-12)
     with _threads(len(Xs)):
         for k in ks:

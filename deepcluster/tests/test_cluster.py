@@ -89,6 +89,11 @@ def test_other_k_criteria_on_easy_data(criterion):
     assert k == 4 and curve['better'][criterion] in ('max', 'min')
 
 
+def test_auto_k_on_very_few_items():
+    X, _ = blobs(3, 2)                   # fewer items than pca_bic's 4 components
+    assert k_selection.choose_k(X, (2, 20))[0] == 2
+
+
 def test_choose_k_bad_range():
     X, _ = blobs(50, 2)
     with pytest.raises(DeepClusterError, match='--k-range 1 5'):
