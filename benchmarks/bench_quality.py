@@ -27,6 +27,7 @@ that k-means on its features can hardly pass.
 Writes benchmarks/results/bench_quality.json (+ PNGs of the shrec scenario).
 """
 import argparse
+import functools
 import json
 import os
 import platform
@@ -119,6 +120,23 @@ def score(emb, vols, truth, voxel_size, seed, plots_dir=None, ceiling=True):
     return out
 
 
+def sweep(emb, tpl, seed, device, settings, key, label, ceiling=True):
+    """The SHREC set simulated under each of ``settings`` ({name: simulate() keywords}) with
+    one seed and scored: {key: {name: scores}, 'k', 'n', mean scores}."""
+    parts = {}
+    for name, kw in settings.items():
+        vols, truth = simulate(tpl, 10.0, 40, seed, device=device, **kw)
+        b = score(emb, vols, truth, 10.0, 0, ceiling=ceiling)
+        b.pop('contingency')
+        parts[name] = b
+        print('  %s %-10s V-measure %.3f  (auto: k=%d, V %.3f)'
+              % (label, name, b['v_measure'], b['auto_k']['k'], b['auto_k']['v_measure']), flush=True)
+    r = {key: parts, 'k': 14, 'n': sum(b['n'] for b in parts.values())}
+    r.update({m: round(float(np.mean([b[m] for b in parts.values()])), 4)
+              for m in ('v_measure', 'homogeneity', 'completeness', 'ari')})
+    return r
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--model', default=None, help='model file (default: the shipped model)')
@@ -139,12 +157,13 @@ def main(argv=None):
               'n_per_class': N_PER_CLASS, 'test_seed': TEST_SEED,
               'device': str(dev), 'snr': a.snr or 'data-model default', 'torch': torch.__version__, 'machine': platform.machine(),
               'scenarios': {}}
+    shrec10 = functools.lru_cache(None)(
+        lambda: load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 10.0))
     t_all = time.time()
     for name in a.scenarios:
         t0 = time.time()
         if name == 'shrec':
-            tpl = load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 10.0)
-            vols, truth = simulate(tpl, 10.0, 40, TEST_SEED, device=dev, snr=a.snr)
+            vols, truth = simulate(shrec10(), 10.0, 40, TEST_SEED, device=dev, snr=a.snr)
             r = score(emb, vols, truth, 10.0, 0, plots_dir=a.plots)
         elif name == 'membrane':
             tpl = load_structures([os.path.join(maps, s + '.mrc') for s in ('4v4r', '4v7r')], 10.0)
@@ -163,32 +182,14 @@ def main(argv=None):
             r = score(emb, vols, truth, 13.68, 0)
             r['snr'] = [round(v, 3) for v in snr]
         elif name == 'snr':
-            tpl = load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 10.0)
-            bands = {}
-            for band in ((0.1, 0.3), (0.3, 1.0), (1.0, 3.0), (3.0, 10.0), (10.0, 100.0), (100.0, 1000.0),
-                         (1e4, 1e4)):
-                vols, truth = simulate(tpl, 10.0, 40, TEST_SEED + 4, device=dev, snr=band)
-                b = score(emb, vols, truth, 10.0, 0)
-                b.pop('contingency')
-                key = 'noise-free' if band[0] >= 1e4 else '%g-%g' % band
-                bands[key] = b
-                print('  SNR %-10s V-measure %.3f  (auto: k=%d, V %.3f)'
-                      % (key, b['v_measure'], b['auto_k']['k'], b['auto_k']['v_measure']), flush=True)
-            r = {'bands': bands, 'k': 14, 'n': sum(b['n'] for b in bands.values())}
-            r.update({m: round(float(np.mean([b[m] for b in bands.values()])), 4)
-                      for m in ('v_measure', 'homogeneity', 'completeness', 'ari')})
+            bands = {'noise-free' if lo >= 1e4 else '%g-%g' % (lo, hi): {'snr': (lo, hi)} for lo, hi in
+                     ((0.1, 0.3), (0.3, 1.0), (1.0, 3.0), (3.0, 10.0), (10.0, 100.0), (100.0, 1000.0),
+                      (1e4, 1e4))}
+            r = sweep(emb, shrec10(), TEST_SEED + 4, dev, bands, 'bands', 'SNR')
         elif name == 'shift':
-            tpl = load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 10.0)
-            levels = {}
-            for shift in SHIFTS:
-                vols, truth = simulate(tpl, 10.0, 40, TEST_SEED + 5, device=dev, snr=a.snr, max_shift=shift)
-                b = score(emb, vols, truth, 10.0, 0, ceiling=False)
-                b.pop('contingency')
-                levels['%g' % shift] = b
-                print('  picking error up to %g voxels: V-measure %.3f' % (shift, b['v_measure']), flush=True)
-            r = {'levels': levels, 'k': 14, 'n': sum(b['n'] for b in levels.values())}
-            r.update({m: round(float(np.mean([b[m] for b in levels.values()])), 4)
-                      for m in ('v_measure', 'homogeneity', 'completeness', 'ari')})
+            levels = {'%g' % v: {'snr': a.snr, 'max_shift': v} for v in SHIFTS}
+            r = sweep(emb, shrec10(), TEST_SEED + 5, dev, levels, 'levels', 'picking error (voxels) up to',
+                      ceiling=False)
         else:
             raise SystemExit('unknown scenario %s' % name)
         r['seconds'] = round(time.time() - t0, 1)

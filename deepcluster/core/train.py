@@ -449,6 +449,8 @@ def finalise_args(args):
     if not args.data:
         args.box = args.box or 40
         args.voxel_size = args.voxel_size or 10.0
+        if args.max_shift is not None and not 0 <= args.max_shift < args.box / 4:
+            raise DeepClusterError('--max-shift %g: must be within 0 and a quarter of the box' % args.max_shift)
     args.device = str(pick_device(args.device))   # warns once if cuda is not there
     if args.sim_chunk is None:
         args.sim_chunk = 8 if args.device.startswith('cuda') else 1
@@ -462,8 +464,6 @@ def finalise_args(args):
         raise DeepClusterError('--tilt-range: give DEG or MIN MAX')
     if not 0 <= args.bandlimit_probability <= 1:
         raise DeepClusterError('--bandlimit-probability must be within 0..1')
-    if args.max_shift is not None and not 0 <= args.max_shift < (args.box or 40) / 4:
-        raise DeepClusterError('--max-shift %g: must be within 0 and a quarter of the box' % args.max_shift)
     if not 0 <= args.val_fraction < 1:
         raise DeepClusterError('--val-fraction must be in [0, 1)')
     return args

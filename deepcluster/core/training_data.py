@@ -141,7 +141,7 @@ class SimulatedData:
                 'bandlimit_probability': args.bandlimit_probability}
         if args.snr:
             want['snr'] = tuple(args.snr)
-        if getattr(args, 'max_shift', None) is not None:
+        if args.max_shift is not None:
             want['max_shift'] = float(args.max_shift)
         if args.tilt_range:
             t = args.tilt_range

@@ -154,11 +154,12 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
         if self.kMode.get() == K_FIXED and self.numberOfClasses.get() > n:
             return ['k = %d is larger than the number of subtomograms (%d).'
                     % (self.numberOfClasses.get(), n)]
-        if self.kMode.get() == K_AUTO and not 2 <= self.kMin.get() <= self.kMax.get():
-            return ['Range of k: need 2 <= min <= max.']
-        if self.kMode.get() == K_AUTO and self.kMin.get() >= n:
-            return ['Range of k: min (%d) must be below the number of subtomograms (%d).'
-                    % (self.kMin.get(), n)]
+        if self.kMode.get() == K_AUTO:
+            if not 2 <= self.kMin.get() <= self.kMax.get():
+                return ['Range of k: need 2 <= min <= max.']
+            if self.kMin.get() >= n:
+                return ['Range of k: min (%d) must be below the number of subtomograms (%d).'
+                        % (self.kMin.get(), n)]
         return []
 
     def _report(self):
