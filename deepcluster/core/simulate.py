@@ -38,7 +38,10 @@ the box edge (a bead, a membrane) rings faintly across the opposite edge.
 Template frame: membrane 'attached' templates and ``membrane_bound`` classes
 (``<name>_mb``) sit on a membrane touching their -z side (map z axis), in that
 fixed pose, so the context is learnable; 'embedded' ones have the bilayer through
-their centre normal to z.
+their centre normal to z. A map rarely says where a complex binds the membrane,
+so ``mb_random_side`` lets that share of the ``_mb`` particles touch it on a
+random side instead: the class then means "sits on a membrane", whatever the
+binding site.
 """
 import dataclasses
 import math
@@ -81,6 +84,7 @@ class SimulationConfig:
     membrane_radius: tuple = (250.0, 5000.0)  # curvature radius, log-uniform
     membrane_gap: tuple = (20.0, 150.0)     # context membrane to particle
     membrane_density: tuple = (0.5, 1.0)    # head groups, protein interior = 1
+    mb_random_side: float = 0.0             # share of _mb particles on a random side, not their -z
     bead_probability: float = 0.05
     bead_diameter: tuple = (50.0, 100.0)
     bead_density: tuple = (4.0, 8.0)
@@ -114,7 +118,7 @@ class SimulationConfig:
         if len(self.bandlimit_voxel) != 2 or not 0 < self.bandlimit_voxel[0] <= self.bandlimit_voxel[1]:
             bad('bandlimit_voxel %s: expected a positive range (low, high)' % (self.bandlimit_voxel,))
         for name in ('phase_flip_probability', 'crowding_probability', 'membrane_probability',
-                     'bead_probability', 'bandlimit_probability'):
+                     'bead_probability', 'bandlimit_probability', 'mb_random_side'):
             if not 0 <= getattr(self, name) <= 1:
                 bad('%s %s: must be within 0..1' % (name, getattr(self, name)))
         if self.contrast not in ('dark', 'bright'):
@@ -124,6 +128,19 @@ class SimulationConfig:
         if int(self.max_neighbours) < 0 or not 0 <= self.voxel_jitter < 0.5 or self.max_shift < 0:
             bad('max_neighbours, voxel_jitter and max_shift must be >= 0 (jitter < 0.5)')
         return self
+
+
+def _sides(n=100):
+    """Unit vectors (z, y, x): the template's -z first (the default binding side), then
+    a Fibonacci sphere, the sides a membrane-bound particle may touch its membrane with."""
+    i = np.arange(n - 1) + 0.5
+    z = 1 - 2 * i / (n - 1)
+    phi = math.pi * (1 + 5 ** 0.5) * i
+    r = np.sqrt(1 - z * z)
+    return np.concatenate([[[-1.0, 0.0, 0.0]], np.stack([z, r * np.sin(phi), r * np.cos(phi)], 1)])
+
+
+SIDES = _sides()
 
 
 def random_rotations(q):
@@ -170,6 +187,8 @@ class Simulator:
         self.class_template = torch.tensor(ctempl, device=dev)
         self.class_membrane = torch.tensor(cmode, device=dev)
         self.class_negative = torch.tensor([False] * (len(ctempl) - negative) + [True] * negative, device=dev)
+        self.class_mb = torch.tensor([False] * len(names) + [True] * len(membrane_bound) + [False] * negative,
+                                     device=dev)
         self._sparse = dev.type == 'cpu'     # CPU: sample only each particle's footprint
         self._local = {}
         self._build_atlas()
@@ -201,10 +220,11 @@ class Simulator:
             side = {st: min(self._nbox(st), 2 * int(math.ceil((support * smax + 1.0) / st + 0.5)) + 1)
                     for st in (1, 2)}
             pad = r if side[1] >= n else max(r, int(math.ceil(((side[1] - 1) / 2 + 1.5) / smin)) + 1)
+            solid = np.stack([zz[d > 0.2], yy[d > 0.2], xx[d > 0.2]], 1).astype(np.float64)
             info.append(dict(r=r, pad=pad, support=support, side=side,
                              contact=float(rr.ravel()[order][np.searchsorted(cum, 0.97)]) + 0.5,
                              extent=float(rr[d > 0.03].max()) + 1.0,
-                             bottom=float((-zz)[d > 0.2].max()) if (d > 0.2).any() else 0.0,
+                             reach=(solid @ SIDES.T).max(0) if len(solid) else np.zeros(len(SIDES)),
                              veff=t.effective_volume))
         big = max(2 * i['pad'] + 1 for i in info)
         atlas = np.zeros((big, big, sum(2 * i['pad'] + 2 for i in info) + 1), np.float32)
@@ -218,14 +238,15 @@ class Simulator:
             x0 += 2 * i['pad'] + 2
 
         def col(key):
-            return torch.tensor([i[key] for i in info], dtype=torch.float32, device=dev)
+            return torch.tensor(np.array([i[key] for i in info]), dtype=torch.float32, device=dev)
         self.atlas = torch.from_numpy(atlas)[None, None].to(dev)
         self._atlas_scale = (2.0 / (torch.tensor(atlas.shape, dtype=torch.float32) - 1)).to(dev)   # zyx
         self._atlas_centre = torch.tensor(cen, dtype=torch.float32, device=dev)
         self._support = col('support')               # radius holding all density (voxels)
         self.extent_radius = col('extent')           # density > 3% of max
         self.contact_radius = col('contact')         # 97% of the mass
-        self.bottom = col('bottom')                  # extent along the template's -z
+        self.reach = col('reach')                    # (T, len(SIDES)): extent along each side
+        self.sides = torch.tensor(SIDES, dtype=torch.float32, device=dev)
         self.effective_volume = col('veff')          # voxels (participation ratio)
         self._side = {st: torch.tensor([i['side'][st] for i in info]) for st in (1, 2)}      # CPU
         self.neighbour_pool = torch.tensor([i for i, t in enumerate(self.templates) if t.membrane == 'none']
@@ -309,6 +330,15 @@ class Simulator:
         else:
             vol.index_add_(0, rows, field)
 
+    def contact_plane(self, rot, tmpl, touch, centre, scale):
+        """Where particles of templates ``tmpl`` in poses ``rot`` (template -> box) at
+        ``centre`` meet a membrane with their side ``touch`` (indices into SIDES): the
+        bilayer's mid-plane point, half a bilayer beyond the particle's reach along
+        that side, and the side's outward unit normal, both (B, 3) in box voxels."""
+        outward = torch.bmm(rot, self.sides[touch].unsqueeze(2)).squeeze(2)
+        depth = scale * (self.reach[tmpl, touch] + 0.5) + 0.5 * self.config.membrane_thickness / self.config.voxel_size
+        return centre + outward * depth.unsqueeze(1), outward
+
     # ----------------------------------------------------------------- batch
     def batch(self, labels, generator, return_clean=False, spectra=None):
         """Subtomograms (B, n, n, n) float32 on the device for class indices ``labels``.
@@ -355,6 +385,11 @@ class Simulator:
         brad = u(b, lo=cfg.bead_diameter[0] / 2, hi=cfg.bead_diameter[1] / 2) / vx
         bdens = u(b, lo=cfg.bead_density[0], hi=cfg.bead_density[1])
         params = self.imaging.draw(b, u, gauss, g)
+        if cfg.mb_random_side > 0:     # drawn only when asked: the default stream stays as it was
+            any_side = self.class_mb[labels] & (u(b) < cfg.mb_random_side)
+            touch = torch.where(any_side, (u(b) * len(SIDES)).long().clamp_max(len(SIDES) - 1), 0)
+        else:
+            touch = torch.zeros(b, dtype=torch.long, device=dev)
 
         # ---- the centre particle (for a negative: a ghost, only the SNR reference)
         positive = ~self.class_negative[labels]
@@ -381,8 +416,9 @@ class Simulator:
         attached = (mode == 1).unsqueeze(1)
         zaxis = rot[:, :, 0]                                                  # template +z in the box
         half = 0.5 * cfg.membrane_thickness / vx
-        fixed_anchor = torch.where(attached, centre - zaxis * (s * (self.bottom[tmpl].unsqueeze(1) + 0.5) + half), centre)
-        fixed_normal = torch.where(attached, -zaxis, zaxis)
+        contact, outward = self.contact_plane(rot, tmpl, touch, centre, scale)
+        fixed_anchor = torch.where(attached, contact, centre)
+        fixed_normal = torch.where(attached, outward, zaxis)
         ctx_anchor = centre + mdir * (s * self.extent_radius[tmpl].unsqueeze(1) + half + (mgap / vx).unsqueeze(1))
         has_fixed = (mode > 0).unsqueeze(1)
         anchor = torch.where(has_fixed, fixed_anchor, ctx_anchor)

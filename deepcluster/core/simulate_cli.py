@@ -120,7 +120,11 @@ def add_parser(subparsers):
     p.add_argument('--negative', action=argparse.BooleanOptionalAction, default=True,
                    help="add the 'negative' class (no particle at the centre; default on)")
     p.add_argument('--membrane-bound', nargs='+', default=[], metavar='NAME',
-                   help='also simulate NAME_mb: that particle bound to a membrane in a fixed pose')
+                   help="also simulate NAME_mb: that particle bound to a membrane, touching it with its "
+                        "map's -z side")
+    p.add_argument('--mb-random-side', type=float, default=0.0, metavar='P',
+                   help='share of the NAME_mb particles that touch the membrane on a random side instead '
+                        '(default 0)')
     p.add_argument('--embedded', nargs='+', default=[], metavar='NAME',
                    help='these structures are membrane proteins (bilayer through the centre, normal to z)')
     p.add_argument('--snr', type=float, nargs=2, default=None, metavar=('LO', 'HI'),
@@ -136,8 +140,10 @@ def add_parser(subparsers):
 def run_cli(args):
     from .device import pick_device
     from .structures import templates_for
+    if not 0 <= args.mb_random_side <= 1:
+        raise DeepClusterError('--mb-random-side %g: must be within 0 and 1' % args.mb_random_side)
     cfg = SimulationConfig(box=args.box, voxel_size=args.voxel_size, tilt_range=tuple(args.tilt_range),
-                           contrast=args.contrast)
+                           contrast=args.contrast, mb_random_side=args.mb_random_side)
     if args.snr is not None:
         cfg.snr = tuple(args.snr)
     cfg.validate()

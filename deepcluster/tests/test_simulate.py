@@ -10,7 +10,7 @@ import torch
 from deepcluster.core import DeepClusterError
 from deepcluster.core.cli import main
 from deepcluster.core.structures import procedural_templates
-from deepcluster.core.simulate import SimulationConfig, Simulator
+from deepcluster.core.simulate import SIDES, SimulationConfig, Simulator, random_rotations
 from deepcluster.core.simulate_cli import simulate_to_folder
 from deepcluster.core.volumes import read_labels, read_volume
 
@@ -188,6 +188,35 @@ def test_membrane_bound_class_carries_its_membrane(templates):
     assert frac[6:].min() > 2 * frac[:6].max(), frac
 
 
+def test_membrane_bound_on_a_random_side_still_touches_it(templates):
+    """mb_random_side: the bilayer meets the particle on another side of it, still
+    touching it (the renderer maps template point p to centre + scale * rot @ p), and
+    nothing but the _mb particles changes."""
+    sim = Simulator(templates, quiet(mb_random_side=1.0), membrane_bound=['proc01'], negative=False)
+    g = gen(3)
+    rot = random_rotations(torch.randn(50, 4, generator=g))
+    touch = torch.randint(len(SIDES), (50,), generator=g)
+    scale, centre = 1 + 0.04 * torch.rand(50, generator=g), torch.full((50, 3), BOX / 2.0)
+    contact, outward = sim.contact_plane(rot, torch.ones(50, dtype=torch.long), touch, centre, scale)
+    d = torch.from_numpy(templates[1].density)
+    solid = (torch.nonzero(d > 0.2).float() - (d.shape[0] - 1) / 2)            # template voxels (z, y, x)
+    in_box = scale.view(-1, 1, 1) * torch.einsum('bij,pj->bpi', rot, solid)    # offsets from the centre
+    reach = (in_box * outward.unsqueeze(1)).sum(-1).max(1)[0]                   # how far the particle goes
+    plane = ((contact - centre) * outward).sum(-1)
+    half = 0.5 * sim.config.membrane_thickness / sim.config.voxel_size
+    assert torch.allclose(plane - half, reach + 0.5 * scale, atol=1e-4)         # touching, never cut
+    assert torch.allclose(outward.norm(dim=1), torch.ones(50), atol=1e-5)
+    assert reach.max() - reach.min() > 1.0                                     # other sides, other reach
+    assert torch.equal(sim.sides[0], torch.tensor([-1.0, 0.0, 0.0]))          # default side: the map's -z
+
+    labels = torch.tensor([0, 1, 2, 3] * 4)                                     # proc01_mb = 3
+    fixed = Simulator(templates, quiet(), membrane_bound=['proc01'], negative=False)
+    _, a = fixed.batch(labels, gen(8), return_clean=True)
+    _, b = sim.batch(labels, gen(8), return_clean=True)
+    same = (a - b).flatten(1).abs().max(1)[0] == 0
+    assert same[labels != 3].all() and not same[labels == 3].any()
+
+
 # ------------------------------------------------------------------ to disk
 def test_folder_labels_files_and_determinism(templates, tmp_path):
     cfg = SimulationConfig(box=BOX)
@@ -238,7 +267,8 @@ def test_bad_simulation_inputs(templates, tmp_path):
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / 'sim'
     main(['-q', 'simulate', '--procedural', '2', '--n-per-class', '2', '--box', '16', '--seed', '1',
-          '--out', str(out), '--membrane-bound', 'proc01', '--snr', '0.5', '2', '--contrast', 'bright'])
+          '--out', str(out), '--membrane-bound', 'proc01', '--snr', '0.5', '2', '--contrast', 'bright',
+          '--mb-random-side', '0.5'])
     labels = read_labels(out / 'labels.csv')
     assert sorted(set(labels.values())) == ['negative', 'proc00', 'proc01', 'proc01_mb']
     for f in labels:
@@ -257,6 +287,7 @@ def test_cli_end_to_end(tmp_path):
     ([], 'no classes'),
     (['--structures', '/no/such/dir'], '/no/such/dir'),
     (['--procedural', '2', '--membrane-bound', 'ghost'], 'ghost'),
+    (['--procedural', '2', '--mb-random-side', '2'], '--mb-random-side 2: must be within 0 and 1'),
 ])
 def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, capsys, args, needle):
     out = tmp_path / 'sim'
