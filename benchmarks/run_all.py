@@ -29,6 +29,8 @@ BENCHES = [
     ('physical13.68', ['bench_physical.py', '--voxel-size', '13.68']),
     ('physical_context', ['bench_physical.py', '--context', '--contrast', '0.03']),
     ('physical_context13.68', ['bench_physical.py', '--context', '--contrast', '0.03', '--voxel-size', '13.68']),
+    ('physical_paper_real', ['bench_physical.py', '--paper-real']),
+    ('physical_paper_real_mb_random', ['bench_physical.py', '--paper-real', '--mb-side', 'random']),
     ('capacity_speed', ['bench_capacity.py', '--speed-only']),
     ('invariance', ['bench_embed.py', '--parts', 'invariance', '--models',
                     os.path.join(REPO, 'deepcluster', 'models', 'default.pt')]),
