@@ -166,6 +166,8 @@ def main(argv=None):
               'scenarios': {}}
     shrec10 = functools.lru_cache(None)(
         lambda: load_structures([os.path.join(maps, s + '.mrc') for s in SHREC], 10.0))
+    ribosomes = functools.lru_cache(None)(
+        lambda: load_structures([os.path.join(maps, s + '.mrc') for s in ('4v4r', '4v7r')], 10.0))
     t_all = time.time()
     for name in a.scenarios:
         t0 = time.time()
@@ -173,8 +175,7 @@ def main(argv=None):
             vols, truth = simulate(shrec10(), 10.0, 40, TEST_SEED, device=dev, snr=a.snr)
             r = score(emb, vols, truth, 10.0, 0, plots_dir=a.plots)
         elif name in ('membrane', 'membrane_any_side'):
-            tpl = load_structures([os.path.join(maps, s + '.mrc') for s in ('4v4r', '4v7r')], 10.0)
-            vols, truth = simulate(tpl, 10.0, 40, TEST_SEED + 1, membrane_bound=('4v4r', '4v7r'), device=dev, snr=a.snr,
+            vols, truth = simulate(ribosomes(), 10.0, 40, TEST_SEED + 1, membrane_bound=('4v4r', '4v7r'), device=dev, snr=a.snr,
                                    mb_random_side=float(name == 'membrane_any_side'))
             r = score(emb, vols, truth, 10.0, 0)
         elif name == 'unseen':

@@ -46,6 +46,11 @@ def _capacity_lines(cfg):
                 s[wide]['x_deepfinder'])]
 
 
+def _classifier_cell(r):
+    c = r.get('supervised_classifier')
+    return '%.3f, %.3f' % (c['accuracy'], c['v_measure']) if c else '-'
+
+
 def _measured(path, sha):
     """The benchmark result at ``path`` if it was measured on the model with this sha256."""
     if not os.path.exists(path):
@@ -118,10 +123,8 @@ def main(argv=None):
             else:
                 rows.append((name, r['k'], r))
         for name, k, r in rows:
-            c = r.get('supervised_classifier')
             lines.append('| %s | %d | %.3f | %.3f | %.3f | %.3f | %s |' % (
-                name, k, r['v_measure'], r['homogeneity'], r['completeness'], r['ari'],
-                '%.3f, %.3f' % (c['accuracy'], c['v_measure']) if c else '-'))
+                name, k, r['v_measure'], r['homogeneity'], r['completeness'], r['ari'], _classifier_cell(r)))
         lines += ['', 'The last column is the model\'s own classification head restricted to the test '
                   'classes (when it was trained on them): the ceiling k-means on its features can hardly pass.']
     phys = [r for r in (_measured(f, full_sha) for f in a.physical) if r]
@@ -134,11 +137,10 @@ def main(argv=None):
                   '| voxel size (A) | scene | contrast per voxel | n | dose (e/A^2) | V-measure | homogeneity '
                   '| completeness | ARI | own classifier: accuracy, V |', '|---|---|---|---|---|---|---|---|---|---|']
         for r in phys:
-            c = r.get('supervised_classifier')
             lines.append('| %g | %s | %g | %d | %g | %.3f | %.3f | %.3f | %.3f | %s |' % (
                 r['voxel_size'], 'cellular' if r.get('context') else 'lone', r.get('contrast', 0.1), r['n'],
                 r['dose_e_per_A2'], r['v_measure'], r['homogeneity'], r['completeness'], r['ari'],
-                '%.3f, %.3f' % (c['accuracy'], c['v_measure']) if c else '-'))
+                _classifier_cell(r)))
     real = [r for r in (_measured(f, full_sha) for f in a.paper_real) if r]
     if real:
         lines += ['', '## The paper\'s real-data test, re-made (benchmarks/bench_physical.py --paper-real)', '',
