@@ -21,7 +21,11 @@ Scenarios (each 50 subtomograms per class, seeds never used in training):
              data model default), 2, 3 and 5 voxels per axis: how exact the picks must be;
 - snr:       the shrec scenario per SNR band (0.1-0.3, 0.3-1, 1-3, 3-10, 10-100,
              100-1000 and noise-free): how the quality depends on the noise
-             (small particles vanish first) and whether clean, high-contrast data stay in domain.
+             (small particles vanish first) and whether clean, high-contrast data stay in domain;
+- methods:   the clustering methods of ``cluster --method`` on the same features at
+             the true k, over three test seeds each of shrec, SNR 1-3, SNR 3-10,
+             membrane and unseen (one test set moves V by up to 0.03-0.04, so a
+             method's gain of 0.01 needs several).
 Each scenario also reports the k that ``--k auto`` chooses on these features (the
 CLI's default criterion and range, k = 2..20) and the V-measure there ('auto_k').
 Where the model was trained on the test classes, its own classifier's accuracy
@@ -127,6 +131,24 @@ def score(emb, vols, truth, voxel_size, seed, plots_dir=None, ceiling=True, inve
     return out
 
 
+def compare_methods(emb, device, sets, seeds=3, methods=cluster.METHODS):
+    """V-measure of each clustering method (hdbscan: its own k, its noise counted as
+    one more cluster) on the same features,
+    ``sets``: {name: (templates, simulate() keywords)}, ``seeds`` test sets each."""
+    per = {}
+    for i, (name, (tpl, kw)) in enumerate(sets.items()):
+        for s in range(seeds):
+            vols, truth = simulate(tpl, 10.0, 40, TEST_SEED + 100 + 10 * i + s, device=device, **kw)
+            X = embed_arrays(vols, emb, emb.config, voxel_size=10.0, batch_size=128)
+            for m in methods:
+                lab = cluster.cluster_features(X, len(set(truth)), m, seed=0, scores=False)[0]
+                v = evaluation.evaluate(truth, lab)['v_measure']     # hdbscan's noise: one more cluster
+                per.setdefault(m, {}).setdefault(name, []).append(round(v, 4))
+    return {'sets': per, 'seeds': seeds, 'n_sets': seeds * len(sets),
+            'mean': {m: round(float(np.mean([v for vs in d.values() for v in vs])), 4) for m, d in per.items()},
+            'mean_per_set': {m: {n: round(float(np.mean(vs)), 4) for n, vs in d.items()} for m, d in per.items()}}
+
+
 def sweep(emb, tpl, seed, device, settings, key, label, ceiling=True):
     """The SHREC set simulated under each of ``settings`` ({name: simulate() keywords}) with
     one seed and scored: {key: {name: scores}, 'k', 'n', mean scores}."""
@@ -152,7 +174,7 @@ def main(argv=None):
     ap.add_argument('--plots', default=os.path.join(HERE, 'results', 'quality'))
     ap.add_argument('--snr', type=float, nargs=2, default=None, help='SNR range of the test sets (default: the data model default)')
     ap.add_argument('--scenarios', nargs='+', default=['shrec', 'membrane', 'membrane_any_side', 'unseen', 'voxel13.68',
-                                                        'voxel13.68_same_signal', 'snr', 'shift'])
+                                                        'voxel13.68_same_signal', 'snr', 'shift', 'methods'])
     a = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     root = structures_root()
@@ -199,10 +221,20 @@ def main(argv=None):
             levels = {'%g' % v: {'snr': a.snr, 'max_shift': v} for v in SHIFTS}
             r = sweep(emb, shrec10(), TEST_SEED + 5, dev, levels, 'levels', 'picking error (voxels) up to',
                       ceiling=False)
+        elif name == 'methods':
+            r = compare_methods(emb, dev, {
+                'shrec': (shrec10(), {}), 'SNR 1-3': (shrec10(), {'snr': (1.0, 3.0)}),
+                'SNR 3-10': (shrec10(), {'snr': (3.0, 10.0)}),
+                'membrane': (ribosomes(), {'membrane_bound': ('4v4r', '4v7r')}),
+                'unseen': (procedural_templates(10, 10.0, seed=778), {})})
         else:
             raise SystemExit('unknown scenario %s' % name)
         r['seconds'] = round(time.time() - t0, 1)
         result['scenarios'][name] = r
+        if name == 'methods':
+            print('methods     mean V-measure over %d test sets: %s  (%.0f s)' % (r['n_sets'], ', '.join(
+                '%s %.3f' % mv for mv in r['mean'].items()), r['seconds']), flush=True)
+            continue
         auto = ('  auto: k=%d, V %.3f' % (r['auto_k']['k'], r['auto_k']['v_measure'])) if 'auto_k' in r else ''
         print('%-11s V-measure %.3f  homogeneity %.3f  completeness %.3f  ARI %.3f  (k=%d, n=%d, %.0f s)%s'
               % (name, r['v_measure'], r['homogeneity'], r['completeness'], r['ari'], r['k'], r['n'],
