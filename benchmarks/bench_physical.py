@@ -7,6 +7,10 @@ The 13 SHREC classes + negative (an empty box), 20 each. This is the kind of
 synthetic-to-real gap held-out data will show: nothing here shares code with
 core/simulate.py or core/imaging.py.
 
+The same specimen at every ``--voxel-size``: the dose is per A^2, the contrast per
+10 A of protein and the picking error up to 10 A per axis, so between voxel sizes
+only the sampling differs.
+
 ``--context`` makes it a cellular scene: defocus drawn per subtomogram (2-5 um),
 half of the particles crowded by 1-3 random SHREC neighbours (0-6 nm apart), a
 fifth of them next to a flat lipid bilayer (two leaflets 4 nm apart, 2-15 nm
@@ -49,6 +53,9 @@ from deepcluster.core.volumes import fit_box, pad_to_cube, read_volume, resample
 
 
 
+PICK_ERROR = 10.0       # A per axis, at any voxel size: only the sampling differs between voxel sizes
+
+
 def random_rotation(rng):
     q = rng.normal(size=4)
     w, x, y, z = q / np.linalg.norm(q)
@@ -57,13 +64,13 @@ def random_rotation(rng):
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
-def place(density, rng, pad, with_rotation=False):
-    """The map in a pad^3 box, randomly rotated about its centre, shifted <= 1 voxel
-    (and the rotation R: a map direction d points along R.T @ d in the box)."""
+def place(density, rng, pad, with_rotation=False, max_shift=1.0):
+    """The map in a pad^3 box, randomly rotated about its centre, shifted <= max_shift
+    voxels per axis (and the rotation R: a map direction d points along R.T @ d in the box)."""
     vol = fit_box(density / density.max(), pad, fill=0.0)
     R = random_rotation(rng)
     c = (pad - 1) / 2.0
-    offset = c - R @ (np.full(3, c) + rng.uniform(-1, 1, 3))
+    offset = c - R @ (np.full(3, c) + rng.uniform(-1, 1, 3) * max_shift)
     out = ndimage.affine_transform(vol, R, offset=offset, order=1)
     return (out, R) if with_rotation else out
 
@@ -128,14 +135,17 @@ def ctf_2d(n, voxel, defocus_a=30000.0, kv=300.0, cs_mm=2.7, amp=0.07):
 
 
 def tilt_series_subtomogram(vol, rng, angles, dose_per_tilt, voxel, box, contrast=0.1, defocus_a=30000.0):
-    """Project at each tilt (beam z, axis y), CTF, Poisson, ramp filter, back-project."""
+    """Project at each tilt (beam z, axis y), CTF, Poisson, ramp filter, back-project.
+
+    ``contrast``: per 10 A of protein along the beam, so that a particle's phase
+    shift, like the dose per A^2, does not depend on the voxel size."""
     n = vol.shape[0]
     ctf = ctf_2d(n, voxel, defocus_a)
     ramp = np.abs(np.fft.fftfreq(n))[None, :] * 2 + 1.0 / n
     recon = np.zeros_like(vol)
     for a in angles:
         rot = ndimage.rotate(vol, a, axes=(0, 2), reshape=False, order=1)      # (z, y, x): about y
-        proj = rot.sum(axis=0)                                                 # along the beam
+        proj = rot.sum(axis=0) * (voxel / 10.0)                                # along the beam, per 10 A
         phase = np.real(np.fft.ifft2(np.fft.fft2(proj) * ctf))
         counts = rng.poisson(dose_per_tilt * np.clip(1 + contrast * phase, 0, None))
         img = counts / dose_per_tilt - 1.0
@@ -155,8 +165,9 @@ def main(argv=None):
     ap.add_argument('--voxel-size', type=float, default=10.0,
                     help='voxel size of the tilt series (the box keeps ~40 nm; embed resamples)')
     ap.add_argument('--contrast', type=float, default=0.1,
-                    help='image contrast per voxel of protein along the beam (0.1; physically ~0.02-0.04 '
-                         'at 10 A: 0.00065 rad/(V A) x ~2.7 V protein-ice x 10 A, x up to 2 for the CTF)')
+                    help='image contrast per 10 A of protein along the beam, at any voxel size (0.1; '
+                         'physically ~0.02-0.04: 0.00065 rad/(V A) x ~2.7 V protein-ice x 10 A, x up to 2 '
+                         'for the CTF)')
     ap.add_argument('--context', action='store_true',
                     help='a cellular scene: crowding, membranes, defocus 2-5 um (see above)')
     ap.add_argument('--classes', nargs='+', default=SHREC,
@@ -211,7 +222,7 @@ def main(argv=None):
             if density is None:
                 v = np.zeros((pad,) * 3, np.float32)
             else:
-                v, R = place(density, rng, pad, with_rotation=True)
+                v, R = place(density, rng, pad, with_rotation=True, max_shift=PICK_ERROR / voxel)
             if bound:                       # that side of the map on the bilayer's near leaflet
                 side = np.array([-1.0, 0.0, 0.0]) if a.mb_side == 'map-z' else rng.normal(size=3)
                 side /= np.linalg.norm(side)

@@ -66,10 +66,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('model')
     ap.add_argument('--quality', default=os.path.join(HERE, 'results', 'bench_quality.json'))
-    ap.add_argument('--physical', nargs='*', default=[os.path.join(HERE, 'results', f) for f in
-                                                      ('bench_physical.json', 'bench_physical_13.68.json',
-                                                       'bench_physical_context.json',
-                                                       'bench_physical_context_13.68.json')])
+    ap.add_argument('--physical', nargs='*', default=[
+        os.path.join(HERE, 'results', 'bench_physical%s%s.json' % (scene, voxel))
+        for scene in ('', '_context') for voxel in ('_6.8', '', '_13.68', '_20')])
     ap.add_argument('--paper-real', nargs='*', default=[os.path.join(HERE, 'results', f) for f in
                                                         ('bench_physical_paper_real.json',
                                                          'bench_physical_paper_real_mb_random.json')])
@@ -116,6 +115,8 @@ def main(argv=None):
                   '|---|---|---|---|---|---|---|']
         rows = []
         for name, r in q['scenarios'].items():
+            if name == 'methods':
+                continue
             if 'bands' in r:
                 rows += [('shrec, SNR %s' % b, r['k'], rb) for b, rb in r['bands'].items()]
             elif 'levels' in r:
@@ -127,14 +128,25 @@ def main(argv=None):
                 name, k, r['v_measure'], r['homogeneity'], r['completeness'], r['ari'], _classifier_cell(r)))
         lines += ['', 'The last column is the model\'s own classification head restricted to the test '
                   'classes (when it was trained on them): the ceiling k-means on its features can hardly pass.']
+        m = q['scenarios'].get('methods')
+        if m:
+            sets = list(next(iter(m['mean_per_set'].values())))
+            lines += ['', 'Clustering methods (`cluster --method`) on the same features at the true k, mean '
+                      'V-measure over %d test sets per column (hdbscan: its own k, its noise as one more cluster):' % m['seeds'], '',
+                      '| method | %s | all %d |' % (' | '.join(sets), m['n_sets']),
+                      '|---|%s---|' % ('---|' * len(sets))]
+            for meth, per in m['mean_per_set'].items():
+                lines.append('| %s | %s | %.3f |' % (meth, ' | '.join('%.3f' % per[n] for n in sets), m['mean'][meth]))
     phys = [r for r in (_measured(f, full_sha) for f in a.physical) if r]
     if phys:
         lines += ['', '## Independent simulator (benchmarks/bench_physical.py)', '',
                   'SHREC 13 + negative made by code that shares nothing with the training data model: explicit '
                   'tilt series (-60..60 deg, step 3), 2D CTF, Poisson noise, weighted back-projection; '
                   'a lone particle at 3 um defocus, or a cellular scene (1-3 neighbours for half of them, '
-                  'a bilayer for a fifth, defocus 2-5 um); k-means at k = 14:', '',
-                  '| voxel size (A) | scene | contrast per voxel | n | dose (e/A^2) | V-measure | homogeneity '
+                  'a bilayer for a fifth, defocus 2-5 um); the same specimen at every voxel size (dose per A^2, '
+                  'contrast per 10 A of protein, picking error up to 10 A), resampled to the model by embed; '
+                  'k-means at k = 14:', '',
+                  '| voxel size (A) | scene | contrast per 10 A of protein | n | dose (e/A^2) | V-measure | homogeneity '
                   '| completeness | ARI | own classifier: accuracy, V |', '|---|---|---|---|---|---|---|---|---|---|']
         for r in phys:
             lines.append('| %g | %s | %g | %d | %g | %.3f | %.3f | %.3f | %.3f | %s |' % (
