@@ -228,13 +228,17 @@ def _spectral(X, k, seed, n_init):
     info = {'mode': 'full', 'n_fit': len(idx), 'n_neighbors': nn}
     if k == 1 or nn < 1:
         return np.zeros(len(X), np.int64), info
+    if k >= len(idx) < len(X):
+        raise DeepClusterError('spectral: k=%d clusters from the %d items it fits; use kmeans'
+                               % (k, len(idx)))
     if k >= len(idx):                   # one item per cluster (the graph has no more eigenvectors)
-        return np.arange(len(X), dtype=np.int64), info
-    with warnings.catch_warnings():     # a graph in several pieces is what clusters are
-        warnings.filterwarnings('ignore', message='Graph is not fully connected')
-        warnings.filterwarnings('ignore', message='k >= N')     # tiny sets: a dense solver
-        lab = SpectralClustering(n_clusters=k, affinity='nearest_neighbors', n_neighbors=nn,
-                                 n_init=n_init, random_state=seed).fit_predict(Xs)
+        lab = np.arange(len(idx))
+    else:
+        with warnings.catch_warnings():     # a graph in several pieces is what clusters are
+            warnings.filterwarnings('ignore', message='Graph is not fully connected')
+            warnings.filterwarnings('ignore', message='k >= N')     # tiny sets: a dense solver
+            lab = SpectralClustering(n_clusters=k, affinity='nearest_neighbors', n_neighbors=nn,
+                                     n_init=n_init, random_state=seed).fit_predict(Xs)
     if len(idx) == len(X):
         return lab.astype(np.int64), info
     C, _ = _means(Xs, lab, k)

@@ -85,6 +85,8 @@ def test_spectral_on_many_items_fits_a_subsample(monkeypatch):
     labels, _, info = cluster.cluster_features(X, 4, method='spectral', seed=0, scores=False)
     assert info['fit']['mode'] == 'subsample fit + nearest centroid' and info['fit']['n_fit'] == 150
     assert len(labels) == 600 and metrics.v_measure_score(y, labels) > 0.95
+    with pytest.raises(DeepClusterError, match='k=200 clusters from the 150 items it fits'):
+        cluster.cluster_features(X, 200, method='spectral', scores=False)
 
 
 def test_spectral_on_tiny_sets():
