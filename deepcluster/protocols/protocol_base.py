@@ -32,7 +32,11 @@ class ProtDeepClusterBase(EMProtocol, ProtTomoBase):
 
     @staticmethod
     def _defineSubtomogramsParam(form, label='Subtomograms',
-                                 help='Any voxel size and box; resampled to the model on the fly.'):
+                                 help='Any voxel size and box; resampled to the model on the fly '
+                                      '(cropped in Fourier space). Finer is better: extract at the '
+                                      'finest binning you can afford, with a box of ~400 A (on '
+                                      'simulated tilt series, 6.8 A/voxel scored V-measure 0.99 '
+                                      'where 10 A gave 0.91 and 20 A 0.65; README).'):
         form.addParam('inputSubtomograms', params.PointerParam, pointerClass='SetOfSubTomograms',
                       important=True, label=label, help=help)
 
