@@ -132,9 +132,9 @@ def score(emb, vols, truth, voxel_size, seed, plots_dir=None, ceiling=True, inve
 
 
 def compare_methods(emb, device, sets, seeds=3, methods=cluster.METHODS):
-    """V-measure of each clustering method (hdbscan: its own k, its noise counted as
-    one more cluster) on the same features,
-    ``sets``: {name: (templates, simulate() keywords)}, ``seeds`` test sets each."""
+    """V-measure of each clustering method on the same features (hdbscan: its own k,
+    its noise counted as one more cluster); ``sets``: {name: (templates, simulate()
+    keywords)}, ``seeds`` test sets of each."""
     per = {}
     for i, (name, (tpl, kw)) in enumerate(sets.items()):
         for s in range(seeds):
