@@ -12,7 +12,7 @@ help:
 	@echo "make demo   - set up, then run the whole chain on a built-in example (headless Scipion project)"
 	@echo "make test   - set up, then run unit + headless Scipion protocol tests"
 	@echo "make bench  - speed/quality benchmarks -> benchmarks/results/*.json"
-	@echo "make model  - retrain the shipped model (deepcluster/models/)"
+	@echo "make model  - retrain the shipped models (deepcluster/models/)"
 
 venv: $(STAMP)
 
@@ -37,14 +37,14 @@ test-scipion: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
-# The two stages that made deepcluster/models/default.pt (see its MODEL_CARD.md);
-# stage 1 takes ~3 min on an H200 (MODEL_DEVICE=cuda), hours on a CPU.
+# The shipped models (see their MODEL_CARD*.md): one stage each, from scratch;
+# 7.5 min each on an H100 (MODEL_DEVICE=cuda), days on a CPU.
 MODEL_DEVICE ?= auto
 model: $(STAMP)
-	$(PY) benchmarks/train_shipped_model.py --device $(MODEL_DEVICE) --steps 28235 --batch-size 128 \
-	    --lr 1e-3 --bandlimit-probability 0 --skip-eval --out runs/base.pt --work-dir runs/base
-	$(PY) benchmarks/train_shipped_model.py --init runs/base.pt --steps 8000 --batch-size 64 --lr 3e-4 \
-	    --val-per-class 32 --snr 0.1 20 --out deepcluster/models/default.pt --work-dir runs/finetune
+	$(PY) benchmarks/train_shipped_model.py --device $(MODEL_DEVICE) --steps 19000 \
+	    --out deepcluster/models/default.pt --work-dir runs/default
+	$(PY) benchmarks/train_shipped_model.py --device $(MODEL_DEVICE) --steps 17400 --widths 16 32 64 128 128 \
+	    --out deepcluster/models/accurate.pt --work-dir runs/accurate
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,6 +1,7 @@
-"""Write MODEL_CARD.md beside a model file from its own training card and the
-quality benchmarks (benchmarks/results/bench_quality.json, bench_physical*.json,
-bench_ceiling.json);
+"""Write the model card beside a model file (MODEL_CARD.md for default.pt,
+MODEL_CARD_<name>.md for another) from its own training card and the quality
+benchmarks (bench_quality.json, bench_physical*.json, bench_ceiling.json in
+benchmarks/results/, or in --results for another shipped model);
 a result is used only if it names this very file's sha256, so the card never
 claims a number that was not measured for these weights."""
 import argparse
@@ -65,15 +66,15 @@ def _measured(path, sha):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('model')
-    ap.add_argument('--quality', default=os.path.join(HERE, 'results', 'bench_quality.json'))
-    ap.add_argument('--physical', nargs='*', default=[
-        os.path.join(HERE, 'results', 'bench_physical%s%s.json' % (scene, voxel))
-        for scene in ('', '_context') for voxel in ('_6.8', '', '_13.68', '_20')])
-    ap.add_argument('--paper-real', nargs='*', default=[os.path.join(HERE, 'results', f) for f in
-                                                        ('bench_physical_paper_real.json',
-                                                         'bench_physical_paper_real_mb_random.json')])
-    ap.add_argument('--ceiling', default=os.path.join(HERE, 'results', 'bench_ceiling.json'))
+    ap.add_argument('--results', default=os.path.join(HERE, 'results'),
+                    help='folder of the benchmark results measured on this model')
     a = ap.parse_args(argv)
+    a.quality = os.path.join(a.results, 'bench_quality.json')
+    a.physical = [os.path.join(a.results, 'bench_physical%s%s.json' % (scene, voxel))
+                  for scene in ('', '_context') for voxel in ('_6.8', '', '_13.68', '_20')]
+    a.paper_real = [os.path.join(a.results, f) for f in ('bench_physical_paper_real.json',
+                                                         'bench_physical_paper_real_mb_random.json')]
+    a.ceiling = os.path.join(a.results, 'bench_ceiling.json')
     _, cfg = read_model_file(a.model)
     card = cfg.get('training', {})
     full_sha = model_sha256(a.model)
@@ -206,7 +207,9 @@ def main(argv=None):
                      'but k-means on the features separates them less cleanly.'
                      % ', '.join(n + '_mb' for n in card['membrane_bound']))
     lines += _capacity_lines(cfg)
-    out = os.path.join(os.path.dirname(os.path.abspath(a.model)), 'MODEL_CARD.md')
+    stem = os.path.splitext(os.path.basename(a.model))[0]
+    out = os.path.join(os.path.dirname(os.path.abspath(a.model)),
+                       'MODEL_CARD.md' if stem == 'default' else 'MODEL_CARD_%s.md' % stem)
     with open(out + '.tmp', 'w') as f:
         f.write('\n'.join(lines) + '\n')
     os.replace(out + '.tmp', out)

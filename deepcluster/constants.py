@@ -5,5 +5,9 @@ LABEL_ATTR = '_dcLabel'          # ground-truth class name (String), from simula
 FEATURE_ATTR = '_dcFeatures'     # 32 floats as a comma-separated String
 FEATURE_INDEX_ATTR = '_dcRow'    # row of the item in the features .npy
 
+# The shipped models, by the name `deepcluster embed --model` takes (as core/network.py's
+# SHIPPED_MODELS, a test checks; not imported from there, which would load torch with the GUI)
+SHIPPED_MODELS = ['default', 'accurate']
+
 # Plugin variables
 DEEPCLUSTER_DEVICE = 'DEEPCLUSTER_DEVICE'

@@ -396,9 +396,10 @@ def add_parser(subparsers):
     m.add_argument('--arch', choices=ARCHITECTURES, default=DEFAULT_ARCH,
                    help="'fast' (default, designed for throughput) or 'deepfinder' (the paper's)")
     m.add_argument('--widths', type=int, nargs=5, default=None, metavar='C',
-                   help='fast: channels of its 5 convolutions (default 8 16 32 64 64)')
+                   help='fast: channels of its 5 convolutions (default 8 16 32 64 128; the shipped '
+                        'accurate model: 16 32 64 128 128)')
     m.add_argument('--hidden', type=int, default=None, metavar='N',
-                   help='fast: width of the fully connected layer before the feature (default 64)')
+                   help='fast: width of the fully connected layer before the feature (default 256)')
     m.add_argument('--init', metavar='MODEL.pt', default=None,
                    help='start from this model\'s weights (fine-tuning; same architecture)')
     m.add_argument('--steps', type=int, default=2000)

@@ -102,7 +102,9 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
         return warnings
 
     def _modelName(self):
-        return self.inputModel.get().getFileName() if self.inputModel.hasValue() else 'the shipped default model'
+        if self.inputModel.hasValue():
+            return self.inputModel.get().getFileName()
+        return 'the shipped %s model' % self._shippedModelName()
 
     def _summary(self):
         if not hasattr(self, EmbedOutputs.subtomograms.name):

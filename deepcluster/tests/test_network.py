@@ -112,3 +112,13 @@ def test_default_model_path_and_missing_default(tmp_path, monkeypatch):
     with pytest.raises(DeepClusterError, match='--model.*make model'):
         resolve_model_path(None)
     assert resolve_model_path('given.pt') == 'given.pt'
+
+
+def test_shipped_models_by_name(tmp_path, monkeypatch):
+    assert resolve_model_path('default') == network.default_model_path()
+    assert resolve_model_path('accurate').endswith(os.path.join('deepcluster', 'models', 'accurate.pt'))
+    with pytest.raises(DeepClusterError, match='huge: not a shipped model.*default, accurate'):
+        network.shipped_model_path('huge')
+    monkeypatch.chdir(tmp_path)            # a file of that name wins over the shipped model
+    open('accurate', 'wb').close()
+    assert resolve_model_path('accurate') == 'accurate'
