@@ -36,7 +36,7 @@ from deepcluster.core.network import build_model, default_config, read_model_fil
 from deepcluster.core.volumes import atomic_path                       # noqa: E402
 
 RESULT = os.path.join(HERE, 'results', 'bench_capacity.json')
-# name: (conv widths, fully connected width); 'base' is the shipped architecture
+# name: (conv widths, fully connected width); 'base' is the previous default architecture
 VARIANTS = {'base': ([8, 16, 32, 64, 64], 64), 'h256': ([8, 16, 32, 64, 64], 256),
             'w5_96': ([8, 16, 32, 64, 96], 128), 'w45_96': ([8, 16, 32, 96, 96], 128),
             'w2x': ([16, 32, 64, 128, 128], 128)}

@@ -1,4 +1,5 @@
-"""Speed, memory and quality of embedding: the fast default vs the DeepFinder reference.
+"""Speed, memory and quality of embedding: the fast default (and the shipped accurate
+model's architecture) vs the DeepFinder reference.
 
     .venv/bin/python benchmarks/bench_embed.py                       # speed + disk/memory (CPU; GPU if present)
     .venv/bin/python benchmarks/bench_embed.py --parts speed         # just the throughput ratio
@@ -7,7 +8,7 @@
 
 Results are merged into benchmarks/results/bench_embed.json (one key per part, so
 running a part again replaces only its own numbers). Parts:
-  speed       forward throughput at 40^3 on the CPU of the two architectures
+  speed       forward throughput at 40^3 on the CPU of the three architectures
               (untrained weights: speed does not depend on them), interleaved rounds
               in one process, best and median per model and their ratios; plus the
               fast model with the full in-memory preprocessing (embed_arrays).
@@ -44,7 +45,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from deepcluster.core.embed import Embedder, embed_arrays  # noqa: E402
-from deepcluster.core.network import build_model, default_config, load_model  # noqa: E402
+from deepcluster.core.network import (build_model, default_config, load_model, read_model_file,  # noqa: E402
+                                      shipped_model_path)
 from deepcluster.core.volumes import atomic_path, write_volume  # noqa: E402
 
 RESULTS = os.path.join(HERE, 'results', 'bench_embed.json')
@@ -66,8 +68,12 @@ def conditions():
 
 
 def untrained(arch, box=40, seed=0):
+    """A network of that architecture ('accurate': the shipped accurate model's)."""
     torch.manual_seed(seed)
-    cfg = default_config(arch, ['c%02d' % i for i in range(N_CLASSES)], box=box)
+    extra = {}
+    if arch == 'accurate':
+        arch, extra = 'fast', {'arch_params': read_model_file(shipped_model_path('accurate'))[1]['arch_params']}
+    cfg = default_config(arch, ['c%02d' % i for i in range(N_CLASSES)], box=box, **extra)
     return build_model(cfg).eval(), cfg
 
 
@@ -100,8 +106,8 @@ def speed(device='cpu', rounds=4, box=40, threads=(None,)):
     """Interleaved rounds of both architectures; subtomograms/s. On the CPU once per
     torch thread count in ``threads`` (None = torch's default, one per core): on a
     shared machine, where other jobs hold cores, one thread can beat two."""
-    plan = ({'fast': (1024, 20), 'deepfinder': (128, 10)} if device == 'cuda'
-            else {'fast': (128, 3), 'deepfinder': (32, 1)})   # (batch size, batches per round)
+    plan = ({'fast': (1024, 20), 'accurate': (1024, 10), 'deepfinder': (128, 10)} if device == 'cuda'
+            else {'fast': (128, 3), 'accurate': (128, 1), 'deepfinder': (32, 1)})   # (batch size, batches per round)
     embs = {a: Embedder(*untrained(a, box), device=device) for a in plan}
     res = {'device': device, 'box': box, 'rounds': rounds, 'batch_size': {a: plan[a][0] for a in plan},
            'weights': 'untrained (speed does not depend on them)', 'inference': 'BatchNorm folded, '
@@ -116,6 +122,7 @@ def speed(device='cpu', rounds=4, box=40, threads=(None,)):
                     'all_per_s': [round(x, 1) for x in rates[a]]}
         r['ratio_best'] = round(r['fast']['best_per_s'] / r['deepfinder']['best_per_s'], 1)
         r['ratio_median'] = round(r['fast']['median_per_s'] / r['deepfinder']['median_per_s'], 1)
+        r['accurate_ratio_best'] = round(r['accurate']['best_per_s'] / r['deepfinder']['best_per_s'], 1)
         res['threads_%d' % torch.get_num_threads() if device == 'cpu' else 'gpu'] = r
     torch.set_num_threads(default_threads)
     if device == 'cpu':   # with preprocessing (normalise, fit box) from in-memory numpy arrays

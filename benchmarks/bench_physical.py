@@ -49,7 +49,8 @@ from bench_quality import SHREC, score, structures_root             # noqa: E402
 from deepcluster.core.structures import template_from_model          # noqa: E402
 from deepcluster.core.embed import Embedder, resolve_contrast        # noqa: E402
 from deepcluster.core.network import model_sha256                            # noqa: E402
-from deepcluster.core.volumes import fit_box, pad_to_cube, read_volume, resample, write_volume  # noqa: E402
+from deepcluster.core.volumes import (atomic_path, fit_box, pad_to_cube, read_volume, resample,  # noqa: E402
+                                      write_volume)
 
 
 
@@ -185,7 +186,9 @@ def main(argv=None):
     ap.add_argument('--plots', default=None, help='also write the clustering report (t-SNE, contingency, '
                     'metrics vs k) here (default for --paper-real: results/paper_real)')
     ap.add_argument('--save', default=None, help='also write the subtomograms (.mrc) here')
-    ap.add_argument('--out', default=None, help='JSON (default results/bench_physical[_VOXEL].json)')
+    ap.add_argument('--out', default=None, help='JSON (default RESULTS/bench_physical[_VOXEL].json)')
+    ap.add_argument('--results', default=os.path.join(HERE, 'results'),
+                    help='folder of the default --out and --plots (another shipped model\'s: results/NAME)')
     argv = sys.argv[1:] if argv is None else argv
     if '--paper-real' in argv:      # defaults: explicit flags still win
         ap.set_defaults(classes=['4v7r', '4cr2', 'pdb/1bxn.pdb'], membrane_bound=['4v7r'], n_per_class=100,
@@ -193,11 +196,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     mb_random = '_mb_random' if a.mb_side == 'random' else ''
     if a.paper_real and a.plots is None:
-        a.plots = os.path.join(HERE, 'results', 'paper_real' + mb_random)
+        a.plots = os.path.join(a.results, 'paper_real' + mb_random)
     defocus_range = (40000.0, 50000.0) if a.paper_real else (20000.0, 50000.0)
     rng = np.random.default_rng(a.seed)
     voxel = a.voxel_size
-    a.out = a.out or os.path.join(HERE, 'results', 'bench_physical%s%s%s.json'
+    a.out = a.out or os.path.join(a.results, 'bench_physical%s%s%s.json'
                                   % ('_paper_real' if a.paper_real else '_context' if a.context else '',
                                      '' if voxel == 10.0 or a.paper_real else '_%g' % voxel,
                                      mb_random))
@@ -261,9 +264,8 @@ def main(argv=None):
           % (res['v_measure'], res['homogeneity'], res['completeness'], res['n'], res['best_k']['k'],
              res['best_k']['v_measure'], res['auto_k']['k'], res['auto_k']['v_measure'],
              res.get('supervised_classifier')))
-    with open(a.out + '.tmp', 'w') as f:
+    with atomic_path(a.out) as tmp, open(tmp, 'w') as f:     # creates the folder too
         json.dump(res, f, indent=1)
-    os.replace(a.out + '.tmp', a.out)
 
 
 if __name__ == '__main__':

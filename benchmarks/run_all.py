@@ -1,11 +1,12 @@
 """``make bench``: every speed/quality benchmark, each writing its JSON (and PNGs)
-to benchmarks/results/. Run on an otherwise idle machine: the ratios inside each
+to benchmarks/results/ (the shipped accurate model's quality to
+results/accurate/). Run on an otherwise idle machine: the ratios inside each
 JSON (ours vs a reference) are measured in the same run, the absolute rates are
 only as good as the machine's quiet.
 
 The heavier studies stay opt-in: the auto-k criterion comparison
-(``bench_cluster.py --parts auto_k``), model-vs-model quality
-(``bench_embed.py --parts quality invariance --models A.pt B.pt``), the ideal
+(``bench_cluster.py --parts auto_k``), model-vs-model quality on several test
+seeds (``bench_compare.py default accurate OLD.pt``), the ideal
 observers that bound what the test data allow (``bench_ceiling.py``, ~15 min),
 the encoder comparison (``bench_arch.py``) and the trainings of the capacity
 study (``bench_capacity.py``, GPU; its CPU speeds are re-measured here).
@@ -20,11 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, 'results')
 
-BENCHES = [
-    ('simulate', ['bench_simulate.py']),
-    ('embed', ['bench_embed.py', '--parts', 'speed', 'disk', 'gpu']),
-    ('cluster', ['bench_cluster.py', '--parts', 'scale', 'auto_k_time']),
-    ('quality', ['bench_quality.py']),
+PHYSICAL = [
     ('physical6.8', ['bench_physical.py', '--voxel-size', '6.8']),
     ('physical', ['bench_physical.py']),
     ('physical13.68', ['bench_physical.py', '--voxel-size', '13.68']),
@@ -35,9 +32,21 @@ BENCHES = [
     ('physical_context20', ['bench_physical.py', '--context', '--contrast', '0.03', '--voxel-size', '20']),
     ('physical_paper_real', ['bench_physical.py', '--paper-real']),
     ('physical_paper_real_mb_random', ['bench_physical.py', '--paper-real', '--mb-side', 'random']),
+]
+ACCURATE = os.path.join(RESULTS, 'accurate')     # the shipped accurate model's quality results
+BENCHES = [
+    ('simulate', ['bench_simulate.py']),
+    ('embed', ['bench_embed.py', '--parts', 'speed', 'disk', 'gpu']),
+    ('cluster', ['bench_cluster.py', '--parts', 'scale', 'auto_k_time']),
+    ('quality', ['bench_quality.py']),
+    *PHYSICAL,
+    ('accurate_quality', ['bench_quality.py', '--model', 'accurate', '--out',
+                          os.path.join(ACCURATE, 'bench_quality.json'), '--plots', os.path.join(ACCURATE, 'quality')]),
+    *[('accurate_' + name, cmd + ['--model', 'accurate', '--results', ACCURATE]) for name, cmd in PHYSICAL],
     ('capacity_speed', ['bench_capacity.py', '--speed-only']),
     ('invariance', ['bench_embed.py', '--parts', 'invariance', '--models',
-                    os.path.join(REPO, 'deepcluster', 'models', 'default.pt')]),
+                    os.path.join(REPO, 'deepcluster', 'models', 'default.pt'),
+                    os.path.join(REPO, 'deepcluster', 'models', 'accurate.pt')]),
 ]
 
 
