@@ -392,7 +392,7 @@ def add_parser(subparsers):
                    'with columns row,file is written beside it')
     p.add_argument('--model', default=None, metavar='MODEL',
                    help='model file from `deepcluster train`, or a shipped model: default (the '
-                        'default: fast) or accurate (2.6x slower per subtomogram, better on nearly '
+                        'default: fast) or accurate (2.5x slower per subtomogram, better on nearly '
                         'every benchmark; see the README)')
     p.add_argument('--voxel-size', type=float, default=None, metavar='A',
                    help='voxel size of all inputs in Å (default: from each header)')

@@ -10,9 +10,9 @@ Two architectures, chosen by name (``config['arch']``):
     descriptor independent of where in the box a motif sits (what orientation
     invariance needs; it also makes the network work at any box). Pooled 256 -> 256
     -> 32 (the feature, penultimate layer; L2-normalised for k-means) -> classes.
-    About 56 M multiply-adds per 40^3 subtomogram, ~55x fewer than ``deepfinder``
-    (the widest of the variants that embed >= 50x faster on a CPU; the shipped
-    accurate model doubles the channels: 160 M, 2.6x slower).
+    About 56 M multiply-adds per 40^3 subtomogram, ~55x fewer than ``deepfinder``,
+    which keeps its CPU embedding >= 50x faster (measured 52-57x); the shipped
+    accurate model doubles the first four stages (160 M, 2.5x slower).
     At inference the BatchNorms are folded into the convolutions and activations
     run channels-last (``inference_model``).
 
@@ -203,7 +203,8 @@ def _fold(conv, bn):
 # ------------------------------------------------------------------ model file
 # The models shipped inside the package (``make model``), by the name --model takes:
 # 'default' keeps the embedding >= 50x faster than the DeepFinder reference; 'accurate'
-# (twice the channels) is 2.6x slower per subtomogram and better on nearly every benchmark.
+# (twice the channels in the first four stages) is 2.5x slower per subtomogram and
+# better on nearly every benchmark.
 SHIPPED_MODELS = ('default', 'accurate')
 
 

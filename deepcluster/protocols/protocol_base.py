@@ -76,9 +76,10 @@ class ProtDeepClusterBase(EMProtocol, ProtTomoBase):
                       condition='not inputModel',
                       help='Used when no trained model is given. default: fast (thousands of '
                            'subtomograms per second on a laptop CPU). accurate: twice the '
-                           'channels, 2.6x slower, and better on nearly every benchmark of the '
-                           'README (mean V-measure over 11 simulated test sets 0.80 vs 0.77; e.g. '
-                           '0.89 vs 0.84 for membrane-bound vs cytosolic ribosomes).')
+                           'channels in the first four stages, 2.5x slower, and better on '
+                           'nearly every benchmark of the README (mean V-measure over 11 '
+                           'simulated test sets 0.80 vs 0.77; e.g. 0.89 vs 0.84 for '
+                           'membrane-bound vs cytosolic ribosomes).')
 
     # ------------------------------------------------------------- running
     def _deviceArgs(self):
