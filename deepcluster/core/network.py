@@ -293,9 +293,12 @@ def load_model(path, device='cpu'):
 def resolve_model_path(path=None):
     """``path`` if given (a file, or the name of a shipped model), else the shipped
     default model; a clear error if a shipped model is missing."""
-    if path and not (os.fspath(path) in SHIPPED_MODELS and not os.path.exists(path)):
+    if not path:
+        p = default_model_path()
+    elif os.fspath(path) in SHIPPED_MODELS and not os.path.exists(path):   # a file of that name wins
+        p = shipped_model_path(os.fspath(path))
+    else:
         return os.fspath(path)
-    p = shipped_model_path(path) if path else default_model_path()
     if not os.path.isfile(p):
         raise DeepClusterError('the shipped model %s is not installed: pass --model MODEL.pt (from '
                                '`deepcluster train`) or run `make model`' % p)
