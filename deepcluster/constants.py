@@ -9,5 +9,8 @@ FEATURE_INDEX_ATTR = '_dcRow'    # row of the item in the features .npy
 # SHIPPED_MODELS, a test checks; not imported from there, which would load torch with the GUI)
 SHIPPED_MODELS = ['default', 'accurate']
 
+# `deepcluster embed --precision` choices (core/device.py's PRECISIONS, a test checks)
+PRECISIONS = ['auto', 'fp32', 'bf16']
+
 # Plugin variables
 DEEPCLUSTER_DEVICE = 'DEEPCLUSTER_DEVICE'

@@ -208,6 +208,25 @@ def test_bad_model_device_and_empty_inputs(files, model_path, tmp_path, monkeypa
         assert 'no CUDA GPU' in caplog.text and f.shape == (5, 32)
 
 
+def test_precision_auto_picks_bf16_only_where_the_cpu_has_it(files, model_path, monkeypatch, tmp_path):
+    from deepcluster.core import device
+    cpu = torch.device('cpu')
+    monkeypatch.setattr(device, 'native_bf16_cpu', lambda: True)
+    assert device.pick_dtype('auto', cpu) == torch.bfloat16
+    monkeypatch.setattr(device, 'native_bf16_cpu', lambda: False)
+    assert device.pick_dtype('auto', cpu) == torch.float32
+    assert device.pick_dtype('bf16', cpu) == torch.bfloat16     # asked for: emulated if need be
+    assert device.pick_dtype('fp32', cpu) == torch.float32
+    with pytest.raises(DeepClusterError, match="--precision fp16: expected one of auto, fp32, bf16"):
+        embed_files(files, model_path, out=str(tmp_path / 'feat.npy'), precision='fp16')
+    assert _outputs(tmp_path) == []
+    fp32 = embed_files(files, model_path, device='cpu', precision='fp32', progress=False)
+    out = str(tmp_path / 'feat.npy')
+    assert cli_main(['embed', *files, '--out', out, '--model', model_path, '--precision', 'bf16']) == 0
+    cos = np.sum(fp32 * np.load(out), axis=1)      # both L2-normalised
+    assert cos.min() > 0.99 and not np.array_equal(fp32, np.load(out))
+
+
 def test_invert_contrast(files, model_path):
     model, cfg = load_model(model_path)
     vols = [mrcfile.read(p) for p in files]

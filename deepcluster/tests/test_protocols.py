@@ -6,7 +6,7 @@ import numpy as np
 from pwem.protocols import ProtClassesSelector, ProtSubSet
 from pyworkflow.tests import BaseTest, setupTestProject
 
-from deepcluster.constants import FEATURE_ATTR, LABEL_ATTR, SHIPPED_MODELS
+from deepcluster.constants import FEATURE_ATTR, LABEL_ATTR, PRECISIONS, SHIPPED_MODELS
 from deepcluster.protocols import (ProtDeepClusterClassify, ProtDeepClusterCluster,
                                    ProtDeepClusterEmbed, ProtDeepClusterSimulate,
                                    ProtDeepClusterTrain)
@@ -125,16 +125,22 @@ class TestDeepClusterChain(BaseTest):
         self.assertEqual(FORM_CRITERIA, list(K_CRITERIA))
 
     def test_embed_with_the_shipped_accurate_model(self):
-        prot = self.newProtocol(ProtDeepClusterEmbed, shippedModel=SHIPPED_MODELS.index('accurate'), useGpu=False)
+        prot = self.newProtocol(ProtDeepClusterEmbed, shippedModel=SHIPPED_MODELS.index('accurate'), useGpu=False,
+                                precision=PRECISIONS.index('fp32'))
         _link(prot, 'inputSubtomograms', self.sim, 'subtomograms')
         self.assertTrue(prot.evalParamCondition('shippedModel'))      # shown: no trained model given
         self.assertFalse(self.embed.evalParamCondition('shippedModel'))
         prot = self.launchProtocol(prot)
         self.assertIn('the shipped accurate model', prot._summary()[0])
-        self.assertIn('--model accurate', open(prot.getLogPaths()[0]).read())
+        log = open(prot.getLogPaths()[0]).read()
+        self.assertIn('--model accurate', log)
+        self.assertIn('--precision fp32', log)
+        self.assertIn('network: cpu, fp32', log)
         self.assertEqual(np.load(prot._getExtraPath('features.npy')).shape, (N_CLASSES * N_PER_CLASS, 32))
         from deepcluster.core.network import SHIPPED_MODELS as CORE_MODELS
         self.assertEqual(SHIPPED_MODELS, list(CORE_MODELS))
+        from deepcluster.core.device import PRECISIONS as CORE_PRECISIONS
+        self.assertEqual(PRECISIONS, list(CORE_PRECISIONS))
 
     def test_validation_messages(self):
         clu = self.newProtocol(ProtDeepClusterCluster, kMode=K_FIXED, numberOfClasses=1000)
