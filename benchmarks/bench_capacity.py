@@ -80,14 +80,15 @@ def trained(work):
 
 
 def cpu_speed(rounds=4, box=40):
-    """Subtomograms/s of each variant and of deepfinder, interleaved in one process."""
+    """Subtomograms/s of each variant and of deepfinder, interleaved in one process,
+    all in fp32 (like for like; bench_embed.py measures bf16 too)."""
     names = ['classes'] * 79
     cfgs = {n: default_config('fast', names, box=box, arch_params={'widths': w, 'hidden': h, 'l2_features': True})
             for n, (w, h) in VARIANTS.items()}
     cfgs['deepfinder'] = default_config('deepfinder', names, box=box)
     torch.manual_seed(0)
     models = {n: build_model(c).eval() for n, c in cfgs.items()}
-    embs = {n: Embedder(models[n], cfgs[n], device='cpu') for n in cfgs}
+    embs = {n: Embedder(models[n], cfgs[n], device='cpu', precision='fp32') for n in cfgs}
     plan = {n: (32, 1) if n == 'deepfinder' else (128, 3) for n in embs}
     best = {n: max(r) for n, r in bench_embed.interleaved_rates(embs, plan, rounds, box).items()}
     return {n: {'best_per_s': round(best[n], 1), 'x_deepfinder': round(best[n] / best['deepfinder'], 1),

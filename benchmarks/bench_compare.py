@@ -7,9 +7,11 @@ and embedded by each model; k-means at the true k; mean V-measure and its
 standard error over the seeds, per scenario and over all of them.
 
     python benchmarks/bench_compare.py default accurate OLD.pt [--seeds 1 2 3 4]
+    python benchmarks/bench_compare.py default:fp32 default:bf16 --out results/bench_compare_precision.json
 
-Models are files or shipped names. The previous default, for instance:
-``git show 9c1ac95:deepcluster/models/default.pt > old.pt``.
+Models are files or shipped names, each optionally with ``:fp32`` or ``:bf16`` (the
+network's arithmetic; default: what ``embed --precision auto`` picks here). The
+previous default, for instance: ``git show 9c1ac95:deepcluster/models/default.pt > old.pt``.
 Result: benchmarks/results/bench_compare.json (about 5 min for three models on 2 cores).
 """
 import argparse
@@ -27,6 +29,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import bench_quality as bq                                             # noqa: E402
 from deepcluster.core import cluster, evaluation                       # noqa: E402
+from deepcluster.core.device import PRECISIONS                        # noqa: E402
 from deepcluster.core.embed import Embedder, embed_arrays              # noqa: E402
 from deepcluster.core.network import model_sha256                      # noqa: E402
 from deepcluster.core.structures import load_structures, procedural_templates  # noqa: E402
@@ -66,10 +69,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     t0 = time.time()
-    paths = {os.path.basename(m): m for m in a.models}        # key: shipped name or file name
-    if len(paths) < len(a.models):
+    specs = [m.rsplit(':', 1) if m.rsplit(':', 1)[-1] in PRECISIONS else [m, 'auto'] for m in a.models]
+    keys = [os.path.basename(p) + ('' if prec == 'auto' else ':' + prec) for p, prec in specs]
+    if len(set(keys)) < len(keys):
         raise SystemExit('two models with one file name: rename one')
-    embs = {m: Embedder.from_file(p) for m, p in paths.items()}
+    paths = {k: p for k, (p, _) in zip(keys, specs)}         # key: shipped name or file name
+    embs = {k: Embedder.from_file(p, precision=prec) for k, (p, prec) in zip(keys, specs)}
     a.models = list(embs)
     v = {m: {} for m in a.models}
     for name, (voxel, make) in scenarios(bq.structures_root()).items():
@@ -86,6 +91,7 @@ def main(argv=None):
                    'V-measure and its standard error over the seeds',
            'seeds': a.seeds, 'seconds': round(time.time() - t0, 1),
            'models': {m: {'file': paths[m], 'sha256': model_sha256(paths[m]), 'arch_params': embs[m].config.get('arch_params'),
+                          'precision': str(embs[m].dtype).replace('torch.', ''),
                           'mean': round(float(np.mean([np.mean(x) for x in v[m].values()])), 4),
                           'scenarios': {n: {'mean': round(float(np.mean(x)), 4),
                                             'sem': round(float(np.std(x) / np.sqrt(len(x))), 4),

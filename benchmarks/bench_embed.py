@@ -10,8 +10,10 @@ Results are merged into benchmarks/results/bench_embed.json (one key per part, s
 running a part again replaces only its own numbers). Parts:
   speed       forward throughput at 40^3 on the CPU of the three architectures
               (untrained weights: speed does not depend on them), interleaved rounds
-              in one process, best and median per model and their ratios; plus the
-              fast model with the full in-memory preprocessing (embed_arrays).
+              in one process, best and median per model and their ratios, in fp32
+              and, on hardware with bfloat16, in bf16 (what --precision auto uses
+              there); plus the fast model with the full in-memory preprocessing
+              (embed_arrays).
   disk        ``deepcluster embed`` end to end from MRC files in a fresh process:
               N (default 20,000) distinct 40^3 files at 10 Å, and 2,000 files at
               13.68 Å (box 30, resampled to 10 Å); throughput and peak RSS (VmHWM)
@@ -44,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from deepcluster.core.device import native_bf16_cpu  # noqa: E402
 from deepcluster.core.embed import Embedder, embed_arrays  # noqa: E402
 from deepcluster.core.network import (build_model, default_config, load_model, read_model_file,  # noqa: E402
                                       shipped_model_path)
@@ -103,15 +106,22 @@ def interleaved_rates(embs, plan, rounds, box):
 
 
 def speed(device='cpu', rounds=4, box=40, threads=(None,)):
-    """Interleaved rounds of both architectures; subtomograms/s. On the CPU once per
+    """Interleaved rounds of the architectures; subtomograms/s. On the CPU once per
     torch thread count in ``threads`` (None = torch's default, one per core): on a
-    shared machine, where other jobs hold cores, one thread can beat two."""
+    shared machine, where other jobs hold cores, one thread can beat two. Each in
+    fp32 (the like-for-like ratio) and, where the hardware has bfloat16 (what
+    ``--precision auto`` then uses), in bf16 too (keys ``*_bf16``)."""
     plan = ({'fast': (1024, 20), 'accurate': (1024, 10), 'deepfinder': (128, 10)} if device == 'cuda'
             else {'fast': (128, 3), 'accurate': (128, 1), 'deepfinder': (32, 1)})   # (batch size, batches per round)
-    embs = {a: Embedder(*untrained(a, box), device=device) for a in plan}
+    bf16 = native_bf16_cpu() if device == 'cpu' else torch.cuda.is_bf16_supported()
+    if bf16:
+        plan.update({a + '_bf16': plan[a] for a in list(plan)})
+    embs = {a: Embedder(*untrained(a.replace('_bf16', ''), box), device=device,
+                        precision='bf16' if a.endswith('_bf16') else 'fp32') for a in plan}
     res = {'device': device, 'box': box, 'rounds': rounds, 'batch_size': {a: plan[a][0] for a in plan},
            'weights': 'untrained (speed does not depend on them)', 'inference': 'BatchNorm folded, '
-           'channels_last_3d, torch.inference_mode, fp32'}
+           'channels_last_3d, torch.inference_mode; fp32, and bf16 where the hardware has it (*_bf16)',
+           'native_bf16': bool(bf16)}
     default_threads = torch.get_num_threads()
     for th in threads:
         torch.set_num_threads(th or default_threads)
@@ -120,9 +130,16 @@ def speed(device='cpu', rounds=4, box=40, threads=(None,)):
         for a in plan:
             r[a] = {'best_per_s': round(max(rates[a]), 1), 'median_per_s': round(float(np.median(rates[a])), 1),
                     'all_per_s': [round(x, 1) for x in rates[a]]}
-        r['ratio_best'] = round(r['fast']['best_per_s'] / r['deepfinder']['best_per_s'], 1)
-        r['ratio_median'] = round(r['fast']['median_per_s'] / r['deepfinder']['median_per_s'], 1)
-        r['accurate_ratio_best'] = round(r['accurate']['best_per_s'] / r['deepfinder']['best_per_s'], 1)
+
+        def ratio(a, b, stat='best_per_s'):
+            return round(r[a][stat] / r[b][stat], 2 if a.startswith(b) else 1)
+        r['ratio_best'] = ratio('fast', 'deepfinder')
+        r['ratio_median'] = ratio('fast', 'deepfinder', 'median_per_s')
+        r['accurate_ratio_best'] = ratio('accurate', 'deepfinder')
+        if bf16:
+            r['bf16_ratio_best'] = ratio('fast_bf16', 'deepfinder_bf16')
+            r['fast_bf16_vs_deepfinder_fp32_best'] = ratio('fast_bf16', 'deepfinder')
+            r['bf16_speedup_best'] = {a: ratio(a + '_bf16', a) for a in ('fast', 'accurate', 'deepfinder')}
         res['threads_%d' % torch.get_num_threads() if device == 'cpu' else 'gpu'] = r
     torch.set_num_threads(default_threads)
     if device == 'cpu':   # with preprocessing (normalise, fit box) from in-memory numpy arrays
@@ -135,6 +152,7 @@ def speed(device='cpu', rounds=4, box=40, threads=(None,)):
             embed_arrays(vols, emb, cfg, batch_size=128)
             best = max(best, len(vols) / (time.perf_counter() - t))
         res['fast_with_preprocessing_per_s_default_threads'] = round(best, 1)
+        res['fast_with_preprocessing_precision'] = str(emb.dtype).replace('torch.', '')
     return res
 
 
@@ -147,7 +165,10 @@ t = time.perf_counter()
 f = embed_files([%(lst)r], %(model)r, device='cpu', batch_size=%(bs)d, out=%(out)r, progress=False, threads=0, contrast='auto')
 dt = time.perf_counter() - t
 hwm = [int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]
-print(json.dumps({'n': len(f), 'seconds': round(dt, 2), 'per_s': round(len(f) / dt, 1), 'peak_rss_mb': round(hwm, 1)}))
+import torch
+from deepcluster.core.device import pick_dtype
+print(json.dumps({'n': len(f), 'seconds': round(dt, 2), 'per_s': round(len(f) / dt, 1), 'peak_rss_mb': round(hwm, 1),
+                  'precision': str(pick_dtype('auto', torch.device('cpu'))).replace('torch.', '')}))
 '''
 
 
