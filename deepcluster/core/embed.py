@@ -68,19 +68,26 @@ def resample_batch(vols, voxel_size, target_voxel_size):
 
 @functools.lru_cache(maxsize=32)
 def _resample_crop_operator(n, voxel_size, target_voxel_size, box):
-    """The 1-D complex matrix (box x n) of 'Fourier-resample n -> m, then centre-crop
-    to box' (m >= box). The 3-D operation is its tensor cube (the spectrum crop is a
-    box), so applying it along each axis and taking the real part reproduces
-    ``volumes.resample`` + ``fit_box`` exactly, at about 3x the speed of the FFTs."""
+    """The 1-D complex matrix A (box x n) of 'Fourier-resample n -> m, then
+    centre-crop to box' (m >= box), as (Re A, u, v) with Im A = u v^T. The 3-D
+    operation is A's tensor cube (the spectrum crop is a box) followed by the real
+    part, which reproduces ``volumes.resample`` + ``fit_box`` exactly. Im A has rank
+    one (the unpaired Nyquist bin of an even n) or is zero (odd n: u = v = None), so
+    on a real input that real part is three real products and three rank-one
+    corrections: ~3x faster than three complex products, ~9x the FFTs."""
     m = max(2, int(round(n * float(voxel_size) / float(target_voxel_size))))
     spec = np.fft.fftshift(np.fft.fft(np.eye(n), axis=0), axes=0)
     k = min(n, m)
     a, b = n // 2 - k // 2, m // 2 - k // 2
     full = np.zeros((m, n), complex)
     full[b:b + k] = spec[a:a + k]
-    op = np.fft.ifft(np.fft.ifftshift(full, axes=0), axis=0) * (m / n)
     c = (m - box) // 2
-    return torch.from_numpy(op[c:c + box].astype(np.complex64))
+    op = (np.fft.ifft(np.fft.ifftshift(full, axes=0), axis=0) * (m / n))[c:c + box]
+    uu, sv, vt = np.linalg.svd(op.imag)
+    if sv[0] <= 1e-9 * np.abs(op).max():
+        return torch.from_numpy(op.real.astype(np.float32)), None, None
+    assert len(sv) < 2 or sv[1] <= 1e-6 * sv[0], 'Im A is not of rank one'
+    return tuple(torch.from_numpy(t.astype(np.float32)) for t in (op.real, uu[:, 0] * sv[0], vt[0]))
 
 
 def _resample_crop_batch(x, voxel_size, target_voxel_size, box):
@@ -92,13 +99,22 @@ def _resample_crop_batch(x, voxel_size, target_voxel_size, box):
         return _fit_box_batch(x, box)
     if m < box:   # grows less than the box: resample, then pad with the border mean
         return _fit_box_batch(resample_batch(x, voxel_size, target_voxel_size)[0], box)
-    op = _resample_crop_operator(n, float(voxel_size), float(target_voxel_size), box).to(x.device)
-    re, im = op.real.contiguous(), op.imag.contiguous()
-    # the input is real and only the real part of the output is kept: the first and
-    # last axes as real products (1.3x faster than three complex ones, same result)
-    y = torch.complex(torch.einsum('ai,nijk->najk', re, x), torch.einsum('ai,nijk->najk', im, x))
-    y = torch.einsum('bj,najk->nabk', op, y)
-    return torch.einsum('ck,nabk->nabc', re, y.real) - torch.einsum('ck,nabk->nabc', im, y.imag)
+    r, u, v = (t if t is None else t.to(x.device)
+               for t in _resample_crop_operator(n, float(voxel_size), float(target_voxel_size), box))
+    y = torch.einsum('ai,nijk->najk', r, x)
+    y = torch.einsum('bj,najk->nabk', r, y)
+    y = torch.einsum('ck,nabk->nabc', r, y)
+    if u is None:
+        return y
+    # Re(A x A x A) = R x R x R - (R x I x I + I x R x I + I x I x R), with I = u v^T
+    xv = x @ v                                                   # (B, i, j): v along k
+    ri = (xv @ v) @ r.T                                          # axis i through R, j and k through v
+    rj = (v @ xv) @ r.T
+    rk = (v @ (v @ x)) @ r.T
+    uu = torch.outer(u, u)
+    y.addcmul_(ri[:, :, None, None], uu[None, None, :, :], value=-1)     # indices n, a, b, c
+    y.addcmul_(rj[:, None, :, None], uu[None, :, None, :], value=-1)
+    return y.addcmul_(rk[:, None, None, :], uu[None, :, :, None], value=-1)
 
 
 def _fit_box_batch(x, box):

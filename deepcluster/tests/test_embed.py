@@ -86,7 +86,8 @@ def test_cli_folder_order_and_csv(files, model_path, tmp_path):
 def test_prepare_batch_is_the_training_preprocessing():
     rng = np.random.default_rng(0)
     cfg = {'box': 24, 'voxel_size': 10.0}
-    for n, vx in [(24, 10.0), (30, 13.68), (18, 13.68), (32, 7.0), (20, 10.0)]:
+    # even and odd n through the resampling operator (m >= box), the FFTs (m < box), no resampling
+    for n, vx in [(24, 10.0), (30, 13.68), (18, 13.68), (25, 13.68), (31, 9.0), (32, 7.0), (20, 10.0)]:
         v = rng.normal(size=(n, n, n)).astype(np.float32)
         ref = normalise(fit_box(resample(v, vx, 10.0)[0], 24))
         got = prepare_batch([v], [vx], cfg)[0].numpy()
