@@ -45,36 +45,16 @@ VOXEL_TOLERANCE = 1e-3   # relative: voxel sizes closer than this are taken as e
 
 
 # --------------------------------------------------------------- preprocessing
-def resample_batch(vols, voxel_size, target_voxel_size):
-    """Fourier-resample a (B, n, n, n) float tensor like ``volumes.resample``, batched.
-
-    Same rule as the numpy version (new side = round(n * voxel / target), spectrum
-    cropped or zero-padded around DC), computed in complex64 on the tensor's device.
-    Returns (tensor (B, m, m, m), achieved voxel size).
-    """
-    n = vols.shape[-1]
-    m = max(2, int(round(n * float(voxel_size) / float(target_voxel_size))))
-    if m == n:
-        return vols, float(voxel_size)
-    dims = (-3, -2, -1)
-    f = torch.fft.fftshift(torch.fft.fftn(vols.to(torch.complex64), dim=dims), dim=dims)
-    k = min(n, m)
-    a, b = n // 2 - k // 2, m // 2 - k // 2
-    out = torch.zeros(vols.shape[:-3] + (m, m, m), dtype=torch.complex64, device=vols.device)
-    out[..., b:b + k, b:b + k, b:b + k] = f[..., a:a + k, a:a + k, a:a + k]
-    res = torch.fft.ifftn(torch.fft.ifftshift(out, dim=dims), dim=dims).real * (m / n) ** 3
-    return res.float(), float(voxel_size) * n / m
-
-
 @functools.lru_cache(maxsize=32)
 def _resample_crop_operator(n, voxel_size, target_voxel_size, box):
-    """The 1-D complex matrix A (box x n) of 'Fourier-resample n -> m, then
-    centre-crop to box' (m >= box), as (Re A, u, v) with Im A = u v^T. The 3-D
-    operation is A's tensor cube (the spectrum crop is a box) followed by the real
-    part, which reproduces ``volumes.resample`` + ``fit_box`` exactly. Im A has rank
-    one (the unpaired Nyquist bin of an even n) or is zero (odd n: u = v = None), so
-    on a real input that real part is three real products and three rank-one
-    corrections: ~3x faster than three complex products, ~9x the FFTs."""
+    """The 1-D complex matrix A (box x n) of 'Fourier-resample n -> m (spectrum
+    cropped or zero-padded around DC), then centre-crop to box' (box <= m), as
+    (Re A, u, v) with Im A = u v^T. The 3-D operation is A's tensor cube followed by
+    the real part, which reproduces ``volumes.resample`` + ``fit_box`` exactly. Im A
+    has rank one (the one unpaired bin at the edge of the kept spectrum, when its
+    width is even) or is zero (u = v = None), so on a real input that real part is
+    three real products and three rank-one corrections: ~3x faster than three
+    complex products, ~9x the FFTs."""
     m = max(2, int(round(n * float(voxel_size) / float(target_voxel_size))))
     spec = np.fft.fftshift(np.fft.fft(np.eye(n), axis=0), axes=0)
     k = min(n, m)
@@ -97,15 +77,13 @@ def _resample_crop_batch(x, voxel_size, target_voxel_size, box):
     m = max(2, int(round(n * float(voxel_size) / float(target_voxel_size))))
     if m == n:
         return _fit_box_batch(x, box)
-    if m < box:   # grows less than the box: resample, then pad with the border mean
-        return _fit_box_batch(resample_batch(x, voxel_size, target_voxel_size)[0], box)
-    r, u, v = (t if t is None else t.to(x.device)
-               for t in _resample_crop_operator(n, float(voxel_size), float(target_voxel_size), box))
+    r, u, v = (t if t is None else t.to(x.device)      # m < box: resample, then pad below
+               for t in _resample_crop_operator(n, float(voxel_size), float(target_voxel_size), min(m, box)))
     y = torch.einsum('ai,nijk->najk', r, x)
     y = torch.einsum('bj,najk->nabk', r, y)
     y = torch.einsum('ck,nabk->nabc', r, y)
     if u is None:
-        return y
+        return _fit_box_batch(y, box)
     # Re(A x A x A) = R x R x R - (R x I x I + I x R x I + I x I x R), with I = u v^T
     xv = x @ v                                                   # (B, i, j): v along k
     ri = (xv @ v) @ r.T                                          # axis i through R, j and k through v
@@ -114,7 +92,8 @@ def _resample_crop_batch(x, voxel_size, target_voxel_size, box):
     uu = torch.outer(u, u)
     y.addcmul_(ri[:, :, None, None], uu[None, None, :, :], value=-1)     # indices n, a, b, c
     y.addcmul_(rj[:, None, :, None], uu[None, :, None, :], value=-1)
-    return y.addcmul_(rk[:, None, None, :], uu[None, :, :, None], value=-1)
+    y.addcmul_(rk[:, None, None, :], uu[None, :, :, None], value=-1)
+    return _fit_box_batch(y, box)          # pads with the border mean where m < box
 
 
 def _fit_box_batch(x, box):
