@@ -34,7 +34,7 @@ import torch
 from . import DeepClusterError
 from .device import PRECISIONS, pick_device, pick_dtype
 from .network import inference_model, load_model, resolve_model_path
-from .volumes import atomic_path, list_volume_files, pad_to_cube, read_volume
+from .volumes import atomic_path, list_volume_files, pad_to_cube, read_mrc_header, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +202,18 @@ def scan_headers(files, voxel_size=None):
     sizes, shapes = [], []
     for p in files:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                with mrcfile.open(p, header_only=True, permissive=True) as mrc:
-                    h = mrc.header
-                    shape = (int(h.nz), int(h.ny), int(h.nx))
-                    vx = float(mrc.voxel_size.x)
-                    volume_stack = int(h.ispg) >= 401
+            layout = read_mrc_header(p)
+            if layout:
+                shape, _, _, vx = layout
+                volume_stack = False
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore')
+                    with mrcfile.open(p, header_only=True, permissive=True) as mrc:
+                        h = mrc.header
+                        shape = (int(h.nz), int(h.ny), int(h.nx))
+                        vx = float(mrc.voxel_size.x)
+                        volume_stack = int(h.ispg) >= 401
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DeepClusterError('%s: not a readable MRC file (%s)' % (p, msg))
@@ -216,7 +221,7 @@ def scan_headers(files, voxel_size=None):
             raise DeepClusterError('%s: not a 3D volume (shape %s)' % (p, shape))
         if volume_stack:
             raise DeepClusterError('%s: a stack of volumes, not one subtomogram; split it' % p)
-        if voxel_size is None and not vx > 0:
+        if voxel_size is None and not (np.isfinite(vx) and vx > 0):
             raise DeepClusterError('%s: the header has no voxel size; pass --voxel-size' % p)
         sizes.append(float(voxel_size) if voxel_size is not None else vx)
         shapes.append(shape)

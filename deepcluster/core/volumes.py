@@ -12,6 +12,8 @@ import warnings
 
 import mrcfile
 import numpy as np
+from mrcfile.dtypes import HEADER_DTYPE
+from mrcfile.utils import byte_order_from_machine_stamp, dtype_from_mode
 
 from . import DeepClusterError
 
@@ -45,29 +47,73 @@ def atomic_path(path):
 
 
 # ------------------------------------------------------------------- read/write
+_PLAIN_MODES = (0, 1, 2, 6, 12)    # real-valued: int8, int16, float32, uint16, float16
+
+
+def plain_mrc_layout(head, file_size):
+    """(shape zyx, data dtype, data offset, voxel size Å or 0) of a plain MRC volume
+    from its first 1024 bytes, or None for anything else (stacks, complex modes,
+    short files, unknown stamps: mrcfile then reads it, with its checks and
+    messages). Parsing these bytes here is ~5x faster than ``mrcfile.open``, which
+    was a fifth of the time to embed 20,000 subtomograms from files."""
+    if len(head) < 1024 or head[208:212] != b'MAP ':
+        return None
+    try:
+        order = byte_order_from_machine_stamp(head[212:216])
+    except ValueError:
+        return None
+    h = np.frombuffer(head, HEADER_DTYPE.newbyteorder(order), count=1)[0]
+    mode, ispg = int(h['mode']), int(h['ispg'])
+    shape = (int(h['nz']), int(h['ny']), int(h['nx']))
+    if mode not in _PLAIN_MODES or min(shape) < 1 or ispg >= 401 or (ispg == 0 and shape[0] == 1):
+        return None
+    dtype = dtype_from_mode(mode).newbyteorder(order)
+    offset = 1024 + int(h['nsymbt'])
+    if int(h['nsymbt']) < 0 or file_size < offset + int(np.prod(shape)) * dtype.itemsize:
+        return None
+    mx = int(h['mx'])
+    vx = float(h['cella']['x']) / mx if mx > 0 else 0.0
+    return shape, dtype, offset, (vx if np.isfinite(vx) and vx > 0 else 0.0)
+
+
+def read_mrc_header(path):
+    """``plain_mrc_layout`` of a file (None if it is not a plain MRC volume)."""
+    with open(path, 'rb') as f:
+        return plain_mrc_layout(f.read(1024), os.fstat(f.fileno()).st_size)
+
+
 def read_volume(path, check_finite=True):
     """Return (volume float32 zyx, voxel size in Å or None if the header has none)."""
     if not os.path.isfile(path):
         raise DeepClusterError('%s: no such file' % path)
+    with open(path, 'rb') as f:
+        buf = f.read()
+    layout = plain_mrc_layout(buf[:1024], len(buf))
+    if layout:
+        shape, dtype, offset, vx = layout
+        data = np.frombuffer(buf, dtype, int(np.prod(shape)), offset).reshape(shape).astype(np.float32)
+    else:
+        data, vx = _read_with_mrcfile(path)
+    if data.ndim != 3:
+        raise DeepClusterError('%s: expected a 3D volume, got an array of shape %s '
+                               '(stacks of volumes are not supported; split them)' % (path, data.shape))
+    if check_finite and not np.isfinite(data).all():
+        raise DeepClusterError('%s: contains NaN or infinite voxels; fix or remove this file' % path)
+    return data, (vx if np.isfinite(vx) and vx > 0 else None)
+
+
+def _read_with_mrcfile(path):
+    """(data float32, voxel size) by mrcfile's permissive reader: any MRC it can read."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             with mrcfile.open(path, permissive=True, mode='r') as mrc:
                 if mrc.data is None:
                     raise ValueError('no data block')
-                data = np.asarray(mrc.data, dtype=np.float32)
-                vx = float(mrc.voxel_size.x)
-    except DeepClusterError:
-        raise
+                return np.array(mrc.data, dtype=np.float32), float(mrc.voxel_size.x)
     except Exception as e:  # mrcfile raises many kinds; the user needs one line
         raise DeepClusterError('%s: not a readable MRC file (%s)' % (path, str(e).splitlines()[0]
                                                                       if str(e) else type(e).__name__))
-    if data.ndim != 3:
-        raise DeepClusterError('%s: expected a 3D volume, got an array of shape %s '
-                               '(stacks of volumes are not supported; split them)' % (path, data.shape))
-    if check_finite and not np.isfinite(data).all():
-        raise DeepClusterError('%s: contains NaN or infinite voxels; fix or remove this file' % path)
-    return data.copy(), (vx if vx > 0 else None)
 
 
 def write_volume(path, data, voxel_size, atomic=True):
