@@ -90,7 +90,7 @@ def _resample_crop_batch(x, voxel_size, target_voxel_size, box):
     rj = (v @ xv) @ r.T
     rk = (v @ (v @ x)) @ r.T
     uu = torch.outer(u, u)
-    y.addcmul_(ri[:, :, None, None], uu[None, None, :, :], value=-1)     # indices n, a, b, c
+    y.addcmul_(ri[:, :, None, None], uu[None, None, :, :], value=-1)     # indices (B, a, b, c)
     y.addcmul_(rj[:, None, :, None], uu[None, :, None, :], value=-1)
     y.addcmul_(rk[:, None, None, :], uu[None, :, :, None], value=-1)
     return _fit_box_batch(y, box)          # pads with the border mean where m < box
