@@ -131,15 +131,15 @@ def speed(device='cpu', rounds=4, box=40, threads=(None,)):
             r[a] = {'best_per_s': round(max(rates[a]), 1), 'median_per_s': round(float(np.median(rates[a])), 1),
                     'all_per_s': [round(x, 1) for x in rates[a]]}
 
-        def ratio(a, b, stat='best_per_s'):
-            return round(r[a][stat] / r[b][stat], 2 if a.startswith(b) else 1)
+        def ratio(a, b, stat='best_per_s', digits=1):
+            return round(r[a][stat] / r[b][stat], digits)
         r['ratio_best'] = ratio('fast', 'deepfinder')
         r['ratio_median'] = ratio('fast', 'deepfinder', 'median_per_s')
         r['accurate_ratio_best'] = ratio('accurate', 'deepfinder')
         if bf16:
             r['bf16_ratio_best'] = ratio('fast_bf16', 'deepfinder_bf16')
             r['fast_bf16_vs_deepfinder_fp32_best'] = ratio('fast_bf16', 'deepfinder')
-            r['bf16_speedup_best'] = {a: ratio(a + '_bf16', a) for a in ('fast', 'accurate', 'deepfinder')}
+            r['bf16_speedup_best'] = {a: ratio(a + '_bf16', a, digits=2) for a in ('fast', 'accurate', 'deepfinder')}
         res['threads_%d' % torch.get_num_threads() if device == 'cpu' else 'gpu'] = r
     torch.set_num_threads(default_threads)
     if device == 'cpu':   # with preprocessing (normalise, fit box) from in-memory numpy arrays
