@@ -33,6 +33,6 @@ setup(
     extras_require={'scipion': ['scipion-em', 'scipion-em-tomo']},
     entry_points={
         'pyworkflow.plugin': ['deepcluster = deepcluster'],
-        'console_scripts': ['deepcluster = deepcluster.core.cli:main'],
+        'console_scripts': ['deepcluster = deepcluster.cli:main'],
     },
 )

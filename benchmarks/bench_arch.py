@@ -26,7 +26,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 import bench_embed                                   # noqa: E402
-from deepcluster.core.network import read_model_file  # noqa: E402
+from deepcluster.core.model.network import read_model_file  # noqa: E402
 from bench_quality import SHREC, structures_root     # noqa: E402
 
 

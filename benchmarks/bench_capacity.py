@@ -31,9 +31,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 import bench_embed                                                     # noqa: E402
-from deepcluster.core.embed import Embedder                            # noqa: E402
-from deepcluster.core.network import build_model, default_config, read_model_file  # noqa: E402
-from deepcluster.core.volumes import atomic_path                       # noqa: E402
+from deepcluster.core.inference.embed import Embedder                            # noqa: E402
+from deepcluster.core.model.network import build_model, default_config, read_model_file  # noqa: E402
+from deepcluster.core.inference.volumes import atomic_path                       # noqa: E402
 
 RESULT = os.path.join(HERE, 'results', 'bench_capacity.json')
 # name: (conv widths, fully connected width); 'base' is the previous default architecture

@@ -41,11 +41,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench_quality as bq                                                  # noqa: E402
 
-from deepcluster.core import evaluation                                     # noqa: E402
-from deepcluster.core.embed import Embedder                                  # noqa: E402
-from deepcluster.core.network import model_sha256                           # noqa: E402
-from deepcluster.core.simulate import SimulationConfig, Simulator, random_rotations  # noqa: E402
-from deepcluster.core.structures import load_structures                     # noqa: E402
+from deepcluster.core.analysis import evaluation  # noqa: E402
+from deepcluster.core.inference.embed import Embedder                                  # noqa: E402
+from deepcluster.core.model.network import model_sha256                           # noqa: E402
+from deepcluster.core.datamodel.simulate import SimulationConfig, Simulator, random_rotations  # noqa: E402
+from deepcluster.core.datamodel.structures import load_structures                     # noqa: E402
 
 
 class Observers:

@@ -1,4 +1,4 @@
-"""Speed and quality of deepcluster.core.cluster at scale, and which auto-k criterion works.
+"""Speed and quality of deepcluster.core.analysis.cluster at scale, and which auto-k criterion works.
 
     .venv/bin/python benchmarks/bench_cluster.py [--n 1000000] [--k 20] [--quick]
 
@@ -33,8 +33,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from deepcluster.core import cluster as C  # noqa: E402
-from deepcluster.core import evaluation as E, k_selection as KS  # noqa: E402
+from deepcluster.core.analysis import cluster as C  # noqa: E402
+from deepcluster.core.analysis import evaluation as E
+from deepcluster.core.analysis import k_selection as KS  # noqa: E402
 
 REF_N_INIT = 10
 DATA = dict(separation=10.0, anisotropy=8.0, imbalance=10.0)
@@ -69,7 +70,7 @@ def child(variant, npy, k, out_labels):
         labels = km.labels_
         extra = {'n_init': REF_N_INIT, 'iterations': int(km.n_iter_)}
     elif name == 'cli':   # the whole command: load, cluster, scores, representatives, CSV+JSON
-        from deepcluster.core.cli import main as cli_main
+        from deepcluster.cli import main as cli_main
         out = os.path.join(os.path.dirname(npy), 'labels.csv')
         cli_main(['-q', 'cluster', npy, '--k', str(k), '--seed', str(seed), '--out', out])
         with open(out) as f:

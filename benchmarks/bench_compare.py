@@ -28,12 +28,13 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import bench_quality as bq                                             # noqa: E402
-from deepcluster.core import cluster, evaluation                       # noqa: E402
+from deepcluster.core.analysis import cluster
+from deepcluster.core.analysis import evaluation  # noqa: E402
 from deepcluster.core.device import PRECISIONS                        # noqa: E402
-from deepcluster.core.embed import Embedder, embed_arrays              # noqa: E402
-from deepcluster.core.network import model_sha256                      # noqa: E402
-from deepcluster.core.structures import load_structures, procedural_templates  # noqa: E402
-from deepcluster.core.volumes import atomic_path                       # noqa: E402
+from deepcluster.core.inference.embed import Embedder, embed_arrays              # noqa: E402
+from deepcluster.core.model.network import model_sha256                      # noqa: E402
+from deepcluster.core.datamodel.structures import load_structures, procedural_templates  # noqa: E402
+from deepcluster.core.inference.volumes import atomic_path                       # noqa: E402
 
 RESULT = os.path.join(HERE, 'results', 'bench_compare.json')
 

@@ -47,10 +47,10 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from deepcluster.core.device import native_bf16_cpu  # noqa: E402
-from deepcluster.core.embed import Embedder, embed_arrays  # noqa: E402
-from deepcluster.core.network import (build_model, default_config, load_model, read_model_file,  # noqa: E402
+from deepcluster.core.inference.embed import Embedder, embed_arrays  # noqa: E402
+from deepcluster.core.model.network import (build_model, default_config, load_model, read_model_file,  # noqa: E402
                                       shipped_model_path)
-from deepcluster.core.volumes import atomic_path, write_volume  # noqa: E402
+from deepcluster.core.inference.volumes import atomic_path, write_volume  # noqa: E402
 
 RESULTS = os.path.join(HERE, 'results', 'bench_embed.json')
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'structures', 'maps_10A')
@@ -160,7 +160,7 @@ def speed(device='cpu', rounds=4, box=40, threads=(None,)):
 _CHILD = r'''
 import json, sys, time
 sys.path.insert(0, %(root)r)
-from deepcluster.core.embed import embed_files
+from deepcluster.core.inference.embed import embed_files
 t = time.perf_counter()
 f = embed_files([%(lst)r], %(model)r, device='cpu', batch_size=%(bs)d, out=%(out)r, progress=False, threads=0, contrast='auto')
 dt = time.perf_counter() - t
@@ -181,7 +181,7 @@ def _embed_child(lst, model, out, bs=64):
 
 
 def disk(n=20000, workdir=None):
-    from deepcluster.core.network import save_model
+    from deepcluster.core.model.network import save_model
     tmp = tempfile.mkdtemp(prefix='bench_embed_', dir=workdir)
     model, cfg = untrained('fast')
     mp = os.path.join(tmp, 'fast.pt')
@@ -233,8 +233,8 @@ def _structures(paths):
 
 
 def _simulator(paths, cfg, device, negative=False, **overrides):
-    from deepcluster.core.simulate import SimulationConfig, Simulator
-    from deepcluster.core.structures import load_structures
+    from deepcluster.core.datamodel.simulate import SimulationConfig, Simulator
+    from deepcluster.core.datamodel.structures import load_structures
     templates = load_structures(paths, cfg['voxel_size'])
     sc = SimulationConfig(box=cfg['box'], voxel_size=cfg['voxel_size'], **overrides)
     return Simulator(templates, sc, device=device, negative=negative)
@@ -255,7 +255,8 @@ def _simulate(sim, labels, seed, device, clean=False):
 
 
 def quality(models, structures=None, n_per_class=50, seed=12345, snr=None, device='cpu', negative=False):
-    from deepcluster.core import cluster, evaluation
+    from deepcluster.core.analysis import cluster
+    from deepcluster.core.analysis import evaluation
     paths = _structures(structures)
     res = {'structures': [os.path.basename(p) for p in paths], 'n_per_class': n_per_class,
            'seed': seed, 'negative': negative, 'snr': snr}

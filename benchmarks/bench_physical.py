@@ -5,7 +5,7 @@ Poisson counting noise at a given dose, ramp-filtered (weighted) back-projection
 then embedded with the shipped model (contrast told from the data) and k-means'd.
 The 13 SHREC classes + negative (an empty box), 20 each. This is the kind of
 synthetic-to-real gap held-out data will show: nothing here shares code with
-core/simulate.py or core/imaging.py.
+core/datamodel/simulate.py or core/datamodel/imaging.py.
 
 The same specimen at every ``--voxel-size``: the dose is per A^2, the contrast per
 10 A of protein and the picking error up to 10 A per axis, so between voxel sizes
@@ -46,10 +46,10 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 from bench_quality import SHREC, score, structures_root             # noqa: E402
-from deepcluster.core.structures import template_from_model          # noqa: E402
-from deepcluster.core.embed import Embedder, resolve_contrast        # noqa: E402
-from deepcluster.core.network import model_sha256                            # noqa: E402
-from deepcluster.core.volumes import (atomic_path, fit_box, pad_to_cube, read_volume, resample,  # noqa: E402
+from deepcluster.core.datamodel.structures import template_from_model          # noqa: E402
+from deepcluster.core.inference.embed import Embedder, resolve_contrast        # noqa: E402
+from deepcluster.core.model.network import model_sha256                            # noqa: E402
+from deepcluster.core.inference.volumes import (atomic_path, fit_box, pad_to_cube, read_volume, resample,  # noqa: E402
                                       write_volume)
 
 

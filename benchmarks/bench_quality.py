@@ -48,11 +48,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from deepcluster.core import cluster, evaluation, k_selection, plots          # noqa: E402
-from deepcluster.core.embed import Embedder, embed_arrays, prepare_batch       # noqa: E402
-from deepcluster.core.network import model_sha256                             # noqa: E402
-from deepcluster.core.simulate import SimulationConfig, Simulator              # noqa: E402
-from deepcluster.core.structures import load_structures, procedural_templates  # noqa: E402
+from deepcluster.core.analysis import cluster
+
+from deepcluster.core.analysis import evaluation
+
+from deepcluster.core.analysis import k_selection
+
+from deepcluster.core.analysis import plots  # noqa: E402
+from deepcluster.core.inference.embed import Embedder, embed_arrays, prepare_batch       # noqa: E402
+from deepcluster.core.model.network import model_sha256                             # noqa: E402
+from deepcluster.core.datamodel.simulate import SimulationConfig, Simulator              # noqa: E402
+from deepcluster.core.datamodel.structures import load_structures, procedural_templates  # noqa: E402
 
 SHREC = ['1s3x', '3qm1', '3gl1', '3h84', '2cg9', '3d2f', '1u6g', '3cf3', '1bxn', '1qvr',
          '4cr2', '5mrc', '4v94']

@@ -23,9 +23,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from deepcluster.core.simulate import SimulationConfig, Simulator  # noqa: E402
-from deepcluster.core.simulate_cli import simulate_to_folder, write_montage  # noqa: E402
-from deepcluster.core.structures import load_structures  # noqa: E402
+from deepcluster.core.datamodel.simulate import SimulationConfig, Simulator  # noqa: E402
+from deepcluster.core.datamodel.simulated_set import simulate_to_folder, write_montage  # noqa: E402
+from deepcluster.core.datamodel.structures import load_structures  # noqa: E402
 
 SHREC = '1s3x 3qm1 3gl1 3h84 2cg9 3d2f 1u6g 3cf3 1bxn 1qvr 4cr2 5mrc 4v94'.split()
 

@@ -12,7 +12,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from deepcluster.core.network import model_sha256, read_model_file   # noqa: E402
+from deepcluster.core.model.network import model_sha256, read_model_file   # noqa: E402
 
 
 def _init_lines(init):

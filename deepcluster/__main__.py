@@ -1,4 +1,4 @@
-from deepcluster.core.cli import main
+from deepcluster.cli import main
 
 if __name__ == '__main__':
     main()

@@ -18,21 +18,6 @@ from deepcluster import headless
 PROJECT = 'deepcluster_demo'
 
 
-def add_parser(subparsers):
-    p = subparsers.add_parser(
-        'demo', help='run the whole chain on built-in data as a headless Scipion project',
-        description=__doc__)
-    p.add_argument('--out', default='demo_output', help='report folder (default: %(default)s)')
-    p.add_argument('--structures', default=os.environ.get('DEEPCLUSTER_STRUCTURES'),
-                   help='folder of .mrc/.pdb structures to simulate from (default: '
-                        '$DEEPCLUSTER_STRUCTURES, else 6 procedural pseudo-molecules)')
-    p.add_argument('--procedural', type=int, default=6, help='procedural classes if no structures')
-    p.add_argument('--n-per-class', type=int, default=40)
-    p.add_argument('--seed', type=int, default=2026)
-    p.add_argument('--project', default=PROJECT, help='Scipion project name (replaced if present)')
-    p.set_defaults(func=run_demo)
-
-
 def _launch(project, prot, title):
     t0 = time.time()
     print('[demo] %-28s ...' % title, flush=True)
@@ -126,5 +111,5 @@ def _run_chain(args, project, report, structures, t0):
 
 
 if __name__ == '__main__':
-    from deepcluster.core.cli import main
+    from deepcluster.cli import main
     main(['demo'] + sys.argv[1:])

@@ -4,7 +4,7 @@ import logging
 
 import torch
 
-from . import DeepClusterError
+from deepcluster.core import DeepClusterError
 
 log = logging.getLogger(__name__)
 

@@ -98,7 +98,7 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
         self.runDeepCluster('train', args + self._deviceArgs())
 
     def createOutputStep(self):
-        from deepcluster.core.network import read_model_file
+        from deepcluster.core.model.network import read_model_file
         model = DeepClusterModel(filename=self._modelFn())
         model.setFromConfig(read_model_file(self._modelFn())[1])
         self._defineOutputs(**{TrainOutputs.model.name: model})

@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from deepcluster.core import DeepClusterError, cluster, cluster_cli, evaluation, k_selection
-from deepcluster.core.cli import main
+from deepcluster.core import DeepClusterError
+
+from deepcluster.core.analysis import cluster
+
+from deepcluster.core.analysis import cluster_files
+from deepcluster.core.inference import features as features_io
+
+from deepcluster.core.analysis import evaluation
+
+from deepcluster.core.analysis import k_selection
+from deepcluster.cli import main
 
 
 def blobs(n=600, k=4, seed=0, **kw):
@@ -301,29 +310,29 @@ def test_cli_bad_input_one_line_error(tmp_path, capsys, case):
 def test_truth_matching_by_path_then_name(tmp_path):
     files = ['/data/a/x.mrc', '/data/b/x.mrc', '/data/b/y.mrc']
     t = write_truth(tmp_path / 't.csv', ['/data/a/x.mrc', 'y.mrc'], ['ribo', 'prot'])
-    assert cluster_cli.match_truth(files, t) == ['ribo', None, 'prot']
+    assert cluster_files.match_truth(files, t) == ['ribo', None, 'prot']
     t = write_truth(tmp_path / 't2.csv', ['x.mrc'], ['ribo'])
     with pytest.raises(DeepClusterError, match='x.mrc matches 2 input files by name'):
-        cluster_cli.match_truth(files, t)
+        cluster_files.match_truth(files, t)
 
 
 def test_features_without_csv_are_named_by_row(tmp_path):
     np.save(tmp_path / 'f.npy', np.zeros((3, 2), np.float32))
-    X, files = cluster_cli.load_features(str(tmp_path / 'f.npy'))
+    X, files = features_io.load_features(str(tmp_path / 'f.npy'))
     assert files == ['row0', 'row1', 'row2'] and X.dtype == np.float32
 
 
 def test_features_csv_rows_in_any_order(tmp_path):
     np.save(tmp_path / 'features.npy', np.zeros((3, 2), np.float32))
     (tmp_path / 'features.csv').write_text('row,file\n2,c.mrc\n0,a.mrc\n1,b.mrc\n')
-    assert cluster_cli.load_features(str(tmp_path / 'features.npy'))[1] == ['a.mrc', 'b.mrc', 'c.mrc']
+    assert features_io.load_features(str(tmp_path / 'features.npy'))[1] == ['a.mrc', 'b.mrc', 'c.mrc']
     (tmp_path / 'features.csv').write_text('row,file\n0,a.mrc\n0,b.mrc\n1,c.mrc\n')
     with pytest.raises(DeepClusterError, match='rows must be numbered 0..2 once each'):
-        cluster_cli.load_features(str(tmp_path / 'features.npy'))
+        features_io.load_features(str(tmp_path / 'features.npy'))
 
 
 def test_cli_gallery_shows_members_nearest_each_centroid(tmp_path, capsys):
-    from deepcluster.core.volumes import write_volume
+    from deepcluster.core.inference.volumes import write_volume
     X, y = blobs(30, 2, seed=3)
     npy, files = write_features(tmp_path / 'emb', X)
     for f, c in zip(files, y):
@@ -334,7 +343,7 @@ def test_cli_gallery_shows_members_nearest_each_centroid(tmp_path, capsys):
                            '--plots', str(tmp_path / 'plots'), '--embedding', 'pca'], capsys)
     assert status == 0, err
     assert (tmp_path / 'plots' / 'gallery.png').stat().st_size > 1000
-    gallery = cluster_cli._gallery(files, np.asarray(y), np.zeros(len(y)), per_class=3)
+    gallery = cluster_files.gallery(files, np.asarray(y), np.zeros(len(y)), per_class=3)
     assert sorted(gallery) == ['class 1: %d items' % (y == 0).sum(), 'class 2: %d items' % (y == 1).sum()]
     assert all(len(v) == 3 and v[0].shape == (8, 8) for v in gallery.values())
     assert gallery['class 1: %d items' % (y == 0).sum()][0].max() == 1.0

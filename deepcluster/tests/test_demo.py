@@ -2,7 +2,7 @@
 import json
 import os
 
-from deepcluster.core.cli import main
+from deepcluster.cli import main
 
 
 def test_demo_runs_the_chain_and_writes_the_report(tmp_path, capsys):

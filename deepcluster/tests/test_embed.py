@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from deepcluster.core import DeepClusterError
-from deepcluster.core import network
-from deepcluster.core.cli import main as cli_main
-from deepcluster.core.embed import embed_arrays, embed_files, prepare_batch
-from deepcluster.core.network import build_model, default_config, load_model, save_model
-from deepcluster.core.train import parse_args, train
-from deepcluster.core.volumes import fit_box, normalise, resample, write_volume
+from deepcluster.core.model import network
+from deepcluster.cli import main as cli_main
+from deepcluster.core.inference.embed import embed_arrays, embed_files, prepare_batch
+from deepcluster.core.model.network import build_model, default_config, load_model, save_model
+from deepcluster.cli.train import parse_args
+from deepcluster.core.model.train import train
+from deepcluster.core.inference.volumes import fit_box, normalise, resample, write_volume
 from deepcluster.tests.test_train import make_folder, render
 
 BOX = 24
@@ -238,7 +239,7 @@ def test_invert_contrast(files, model_path):
 
 
 def test_contrast_auto_tells_dark_from_bright_and_matches_the_model(files, model_path, tmp_path):
-    from deepcluster.core.embed import data_contrast
+    from deepcluster.core.inference.embed import data_contrast
     bright_dir = tmp_path / 'bright'
     bright_dir.mkdir()
     bright = []

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from deepcluster.core import DeepClusterError
-from deepcluster.core import network
-from deepcluster.core.network import (build_model, default_config, inference_model, load_model,
+from deepcluster.core.model import network
+from deepcluster.core.model.network import (build_model, default_config, inference_model, load_model,
                                       read_model_file, resolve_model_path, save_model)
 
 

@@ -4,7 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from deepcluster.core import DeepClusterError, plots
+from deepcluster.core import DeepClusterError
+
+from deepcluster.core.analysis import plots
 
 
 def is_png(path):

@@ -120,7 +120,7 @@ class TestDeepClusterChain(BaseTest):
         self.assertEqual(prot.subtomograms.getSize(), N_CLASSES * N_PER_CLASS)
         self.assertTrue(2 <= prot.classes.getSize() <= 6)
         self.assertIn('k chosen by pca_bic', prot._summary()[0])
-        from deepcluster.core.k_selection import K_CRITERIA
+        from deepcluster.core.analysis.k_selection import K_CRITERIA
         from deepcluster.protocols.protocol_cluster import K_CRITERIA as FORM_CRITERIA
         self.assertEqual(FORM_CRITERIA, list(K_CRITERIA))
 
@@ -137,7 +137,7 @@ class TestDeepClusterChain(BaseTest):
         self.assertIn('--precision fp32', log)
         self.assertIn('network: cpu, fp32', log)
         self.assertEqual(np.load(prot._getExtraPath('features.npy')).shape, (N_CLASSES * N_PER_CLASS, 32))
-        from deepcluster.core.network import SHIPPED_MODELS as CORE_MODELS
+        from deepcluster.core.model.network import SHIPPED_MODELS as CORE_MODELS
         self.assertEqual(SHIPPED_MODELS, list(CORE_MODELS))
         from deepcluster.core.device import PRECISIONS as CORE_PRECISIONS
         self.assertEqual(PRECISIONS, list(CORE_PRECISIONS))

@@ -7,9 +7,11 @@ import re
 import pytest
 import torch
 
-from deepcluster.core import cluster, evaluation
-from deepcluster.core.embed import Embedder, embed_arrays
-from deepcluster.core.network import SHIPPED_MODELS, model_sha256, shipped_model_path
+from deepcluster.core.analysis import cluster
+
+from deepcluster.core.analysis import evaluation
+from deepcluster.core.inference.embed import Embedder, embed_arrays
+from deepcluster.core.model.network import SHIPPED_MODELS, model_sha256, shipped_model_path
 from deepcluster.tests import STRUCTURES
 
 MAPS = os.path.join(STRUCTURES, 'maps_10A')
@@ -29,8 +31,8 @@ def test_model_card_names_the_shipped_file(name):
 @pytest.mark.skipif(not os.path.isdir(MAPS), reason='shared structures not available')
 @pytest.mark.parametrize('name', SHIPPED_MODELS)
 def test_shipped_model_separates_distinct_structures(name):
-    from deepcluster.core.simulate import SimulationConfig, Simulator
-    from deepcluster.core.structures import load_structures
+    from deepcluster.core.datamodel.simulate import SimulationConfig, Simulator
+    from deepcluster.core.datamodel.structures import load_structures
     names = ['3cf3', '4cr2', '5mrc', '4v94']
     sim = Simulator(load_structures([os.path.join(MAPS, n + '.mrc') for n in names], 10.0),
                     SimulationConfig(box=40, snr=(0.5, 3.0)), negative=True)
@@ -49,9 +51,9 @@ def test_auto_k_on_shipped_features_clusters_as_well_as_the_true_k():
     V-measure 0.85 vs 0.82 at the true k = 9 (some of these unseen shapes look alike to
     the model); silhouette sees only the coarse groups (on the 14-class SHREC sets it
     picks 3: bench_quality.py 'auto_k')."""
-    from deepcluster.core import k_selection
-    from deepcluster.core.simulate import SimulationConfig, Simulator
-    from deepcluster.core.structures import procedural_templates
+    from deepcluster.core.analysis import k_selection
+    from deepcluster.core.datamodel.simulate import SimulationConfig, Simulator
+    from deepcluster.core.datamodel.structures import procedural_templates
     sim = Simulator(procedural_templates(8, 10.0, seed=777), SimulationConfig(box=40, snr=(0.3, 3.0)),
                     negative=True)
     labels = torch.arange(9).repeat_interleave(40)
@@ -70,8 +72,8 @@ def test_bf16_features_cluster_like_fp32():
     """The shipped model in bf16 (the default on CPUs with bf16 instructions) against
     fp32: measured mean cosine 0.99996 and the same k-means V over 11 scenarios x 4
     seeds (benchmarks/results/bench_compare_precision.json)."""
-    from deepcluster.core.simulate import SimulationConfig, Simulator
-    from deepcluster.core.structures import procedural_templates
+    from deepcluster.core.datamodel.simulate import SimulationConfig, Simulator
+    from deepcluster.core.datamodel.structures import procedural_templates
     sim = Simulator(procedural_templates(5, 10.0, seed=777), SimulationConfig(box=40, snr=(0.5, 3.0)),
                     negative=True)
     labels = torch.arange(6).repeat_interleave(20)
@@ -92,8 +94,8 @@ def test_membrane_bound_shapes_it_never_saw_form_their_own_clusters(side):
     cluster of its own; an encoder blind to the membrane would put each pair in one
     cluster. (The accurate model: 0.77 and 0.81, one pair merged.)"""
     import numpy as np
-    from deepcluster.core.simulate import SimulationConfig, Simulator
-    from deepcluster.core.structures import procedural_templates
+    from deepcluster.core.datamodel.simulate import SimulationConfig, Simulator
+    from deepcluster.core.datamodel.structures import procedural_templates
     tpl = procedural_templates(3, 10.0, seed=777)[:2]
     sim = Simulator(tpl, SimulationConfig(box=40, snr=(1.0, 3.0), mb_random_side=side),
                     membrane_bound=[t.name for t in tpl])            # proc00, proc01, their _mb, negative

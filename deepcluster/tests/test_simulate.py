@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from deepcluster.core import DeepClusterError
-from deepcluster.core.cli import main
-from deepcluster.core.structures import procedural_templates
-from deepcluster.core.simulate import SIDES, SimulationConfig, Simulator, random_rotations
-from deepcluster.core.simulate_cli import simulate_to_folder
-from deepcluster.core.volumes import read_labels, read_volume
+from deepcluster.cli import main
+from deepcluster.core.datamodel.structures import procedural_templates
+from deepcluster.core.datamodel.simulate import SIDES, SimulationConfig, Simulator, random_rotations
+from deepcluster.core.datamodel.simulated_set import simulate_to_folder
+from deepcluster.core.inference.volumes import read_labels, read_volume
 
 BOX = 24
 

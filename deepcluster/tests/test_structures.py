@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepcluster.core import DeepClusterError
-from deepcluster.core.structures import (Template, load_structures, procedural_templates,
+from deepcluster.core.datamodel.structures import (Template, load_structures, procedural_templates,
                                          template_from_array)
 from deepcluster.tests import STRUCTURES
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from deepcluster.core import DeepClusterError
-from deepcluster.core.cli import main as cli_main
-from deepcluster.core.network import load_model, read_model_file
-from deepcluster.core.train import parse_args, train
-from deepcluster.core.training_data import balanced_labels
-from deepcluster.core.volumes import write_labels, write_volume
+from deepcluster.cli import main as cli_main
+from deepcluster.core.model.network import load_model, read_model_file
+from deepcluster.cli.train import parse_args
+from deepcluster.core.model.train import train
+from deepcluster.core.model.training_data import balanced_labels
+from deepcluster.core.inference.volumes import write_labels, write_volume
 
 SHAPES = ('ball', 'rod', 'ring')
 

@@ -5,7 +5,7 @@ import mrcfile
 import pytest
 
 from deepcluster.core import DeepClusterError
-from deepcluster.core.volumes import read_mrc_header, read_volume
+from deepcluster.core.inference.volumes import read_mrc_header, read_volume
 
 
 def _write(path, data, voxel_size=13.68, extended=0):

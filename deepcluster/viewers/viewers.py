@@ -1,6 +1,6 @@
 """Viewers of the deepcluster protocols.
 
-Every figure is a PNG drawn by deepcluster.core.plots (Agg): the protocols write
+Every figure is a PNG drawn by deepcluster.core.analysis.plots (Agg): the protocols write
 them as they run (or, for the embedding, on first view); a viewer only shows
 them, so what the GUI shows is exactly what a headless run or the CLI makes.
 """
@@ -68,7 +68,7 @@ def _embeddingPng(viewer):
     prot = viewer.protocol
     png = prot._getExtraPath('embedding.png')
     if not os.path.exists(png) and hasattr(prot, 'subtomograms'):
-        from deepcluster.core.plots import plot_embedding
+        from deepcluster.core.analysis.plots import plot_embedding
         subtomos = prot.subtomograms
         X = prot.readFeatures(subtomos)
         truth = None

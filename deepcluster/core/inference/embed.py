@@ -1,6 +1,5 @@
-"""Batched, streaming inference: subtomograms -> 32-d shape features.
-
-``python -m deepcluster embed INPUT... --out features.npy`` (see ``add_parser``).
+"""Batched, streaming inference: subtomograms -> 32-d shape features
+(``python -m deepcluster embed``, see ``deepcluster.cli.embed``).
 
 Every subtomogram goes through exactly the training preprocessing, one file at a
 time and independently of the others:
@@ -18,7 +17,6 @@ batches are in memory whatever the number of files. Outputs (``.npy`` of N x 32
 float32 in input order and ``.csv`` beside it naming each row's file) are written
 to temp names and renamed at the end, so an error leaves nothing half-written.
 """
-import csv
 import functools
 import logging
 import os
@@ -31,10 +29,11 @@ import mrcfile
 import numpy as np
 import torch
 
-from . import DeepClusterError
-from .device import PRECISIONS, pick_device, pick_dtype
-from .network import inference_model, load_model, resolve_model_path
-from .volumes import atomic_path, list_volume_files, pad_to_cube, read_mrc_header, read_volume
+from deepcluster.core import DeepClusterError, fmt_time
+from deepcluster.core.device import pick_device, pick_dtype
+from deepcluster.core.model.network import inference_model, load_model, resolve_model_path
+from deepcluster.core.inference.features import write_features
+from deepcluster.core.inference.volumes import list_volume_files, pad_to_cube, read_mrc_header, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +333,7 @@ def embed_files(files, model_path=None, voxel_size=None, device='auto', batch_si
                 last = now
                 rate = done / max(now - t0, 1e-9)
                 log.info('embedded %d/%d  %.0f subtomograms/s  ETA %s', done, n, rate,
-                         _fmt_time((n - done) / max(rate, 1e-9)))
+                         fmt_time((n - done) / max(rate, 1e-9)))
     finally:
         stop.set()
         while th.is_alive():   # unblock the reader if it waits on a full queue
@@ -360,82 +359,3 @@ def _report_geometry(files, sizes, shapes, cfg):
     if len(distinct) > 1:
         msg += ' (sizes differ: each file is resampled and cropped/padded on its own)'
     log.info(msg)
-
-
-def features_csv_path(npy_path):
-    base = npy_path[:-4] if npy_path.lower().endswith('.npy') else npy_path
-    return base + '.csv'
-
-
-def write_features(out, feats, files):
-    """``out`` (.npy) and ``<out>.csv`` (row,file), both atomically."""
-    out = os.fspath(out)
-    if not out.lower().endswith('.npy'):
-        raise DeepClusterError('--out %s: expected a .npy file name' % out)
-    with atomic_path(out) as tmp:
-        with open(tmp, 'wb') as f:
-            np.save(f, np.ascontiguousarray(feats, np.float32))
-        with atomic_path(features_csv_path(out)) as tmpc:
-            with open(tmpc, 'w', newline='') as f:
-                w = csv.writer(f)
-                w.writerow(['row', 'file'])
-                for i, p in enumerate(files):
-                    w.writerow([i, p])
-    return out
-
-
-def _fmt_time(s):
-    s = int(round(s))
-    return '%dh%02dm' % (s // 3600, s % 3600 // 60) if s >= 3600 else '%dm%02ds' % (s // 60, s % 60)
-
-
-# ------------------------------------------------------------------------- CLI
-def add_parser(subparsers):
-    p = subparsers.add_parser(
-        'embed', help='compute 32-d shape features of subtomograms',
-        description='Compute the 32-d shape feature of each subtomogram with a trained model. '
-                    'Each input is resampled to the model voxel size, centre-cropped/padded to the '
-                    'model box and normalised like the training data (mixed sizes are allowed).')
-    p.add_argument('inputs', nargs='+', metavar='INPUT',
-                   help='.mrc files, folders of .mrc files (sorted by name) or .txt files listing paths')
-    p.add_argument('--out', required=True, help='features .npy (N x 32, input order); a .csv '
-                   'with columns row,file is written beside it')
-    p.add_argument('--model', default=None, metavar='MODEL',
-                   help='model file from `deepcluster train`, or a shipped model: default (the '
-                        'default: fast) or accurate (2.5x slower per subtomogram, better on nearly '
-                        'every benchmark; see the README)')
-    p.add_argument('--voxel-size', type=float, default=None, metavar='A',
-                   help='voxel size of all inputs in Å (default: from each header)')
-    p.add_argument('--contrast', choices=CONTRASTS, default='auto',
-                   help='protein contrast of the data: dark (raw reconstructions), bright, or auto '
-                        '(default: told from the intensity skewness of up to %d files; logged). '
-                        'Data whose contrast differs from the model\'s are inverted' % CONTRAST_SAMPLE)
-    p.add_argument('--invert-contrast', action='store_true',
-                   help='invert the data whatever --contrast says (the model expects the contrast '
-                        'in its config: dark protein)')
-    p.add_argument('--device', default='auto', help="'auto' (GPU if present), 'cpu', 'cuda' or 'cuda:N'")
-    p.add_argument('--batch-size', type=int, default=DEFAULT_BATCH)
-    p.add_argument('--precision', choices=PRECISIONS, default='auto',
-                   help='arithmetic of the network: auto (default: bf16 on CPUs with bfloat16 '
-                        'instructions, AVX512-BF16 or AMX, where it is ~1.6x faster; else fp32), '
-                        'fp32 or bf16. bf16 features cluster like fp32 ones (mean cosine 0.99996)'),
-    p.add_argument('--threads', type=int, default=0,
-                   help='CPU threads for the network (default 0: one per core but one, which '
-                        'reads and prepares the next batch meanwhile)')
-    p.set_defaults(func=_run)
-    return p
-
-
-def _run(args):
-    if args.voxel_size is not None and not args.voxel_size > 0:
-        raise DeepClusterError('--voxel-size must be positive, got %g' % args.voxel_size)
-    if args.threads < 0:
-        raise DeepClusterError('--threads must be 0 (one per core) or more, got %d' % args.threads)
-    t = time.perf_counter()
-    feats = embed_files(args.inputs, model_path=args.model, voxel_size=args.voxel_size,
-                        device=args.device, batch_size=args.batch_size,
-                        invert_contrast=args.invert_contrast, out=args.out, threads=args.threads,
-                        contrast=None if args.invert_contrast else args.contrast,
-                        precision=args.precision)
-    log.info('wrote %s (%d x %d) and %s in %.1f s', args.out, feats.shape[0], feats.shape[1],
-             features_csv_path(args.out), time.perf_counter() - t)

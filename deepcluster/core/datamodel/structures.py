@@ -28,8 +28,8 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from . import DeepClusterError
-from .volumes import MRC_SUFFIXES, border_mean, pad_to_cube, read_volume, resample
+from deepcluster.core import DeepClusterError
+from deepcluster.core.inference.volumes import MRC_SUFFIXES, border_mean, pad_to_cube, read_volume, resample
 
 log = logging.getLogger(__name__)
 

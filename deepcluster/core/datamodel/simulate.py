@@ -50,8 +50,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import DeepClusterError
-from . import imaging
+from deepcluster.core import DeepClusterError
+from deepcluster.core.datamodel import imaging
 
 @dataclasses.dataclass
 class SimulationConfig:

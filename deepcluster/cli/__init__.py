@@ -1,7 +1,8 @@
 """``python -m deepcluster <command>`` / console script ``deepcluster``.
 
-Each command lives in the core module that does the job; that module exposes
-``add_parser(subparsers)`` which registers the command and sets ``func(args)``.
+One module per command in this package, each a thin parser over the library in
+``deepcluster.core``: it exposes ``add_parser(subparsers)``, which registers the
+command and sets ``func(args)``.
 User errors (DeepClusterError) are printed as one line, exit status 2.
 """
 import argparse
@@ -9,12 +10,11 @@ import importlib
 import logging
 import sys
 
-from . import DeepClusterError
+from deepcluster.core import DeepClusterError
 
-# command modules, in the order --help lists them. The demo runs a Scipion project,
-# so it lives outside core (it imports pyworkflow only when it runs).
-COMMAND_MODULES = ['deepcluster.core.simulate_cli', 'deepcluster.core.train', 'deepcluster.core.embed',
-                   'deepcluster.core.cluster_cli', 'deepcluster.demo']
+# command modules, in the order --help lists them
+COMMAND_MODULES = ['deepcluster.cli.simulate', 'deepcluster.cli.train', 'deepcluster.cli.embed',
+                   'deepcluster.cli.cluster', 'deepcluster.cli.demo']
 
 
 def build_parser():

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from . import DeepClusterError
-from .cluster import _subsample, _threads, check_features, cluster_features
+from deepcluster.core import DeepClusterError
+from deepcluster.core.analysis.cluster import _subsample, _threads, check_features, cluster_features
 
 log = logging.getLogger(__name__)
 

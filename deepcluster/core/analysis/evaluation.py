@@ -7,8 +7,8 @@ and make features with known classes for tests and benchmarks.
 """
 import numpy as np
 
-from . import DeepClusterError
-from .cluster import _subsample, _threads, check_features, cluster_features
+from deepcluster.core import DeepClusterError
+from deepcluster.core.analysis.cluster import _subsample, _threads, check_features, cluster_features
 
 SWEEP_SAMPLE = 20_000       # metric sweep over k on at most this many items
 
@@ -21,7 +21,7 @@ def evaluate(truth, pred):
     with pred == -1 (noise) count as a cluster of their own.
     """
     from sklearn import metrics
-    from .plots import contingency_table
+    from deepcluster.core.analysis.plots import contingency_table
     truth = np.asarray(truth)
     pred = np.asarray(pred)
     if len(truth) != len(pred):

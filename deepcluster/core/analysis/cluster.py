@@ -32,7 +32,7 @@ import warnings
 
 import numpy as np
 
-from . import DeepClusterError
+from deepcluster.core import DeepClusterError
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import DeepClusterError
-from .volumes import atomic_path
+from deepcluster.core import DeepClusterError
+from deepcluster.core.inference.volumes import atomic_path
 
 FORMAT = 'deepcluster-model/1'
 FEATURE_DIM = 32
@@ -216,7 +216,7 @@ def default_model_path():
 def shipped_model_path(name):
     if name not in SHIPPED_MODELS:
         raise DeepClusterError('%s: not a shipped model (expected one of %s)' % (name, ', '.join(SHIPPED_MODELS)))
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'models', name + '.pt')
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'models', name + '.pt')
 
 
 def plain(obj):

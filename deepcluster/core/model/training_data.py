@@ -12,10 +12,10 @@ import threading
 import numpy as np
 import torch
 
-from . import DeepClusterError
-from .embed import prepare_batch, scan_headers
-from .network import plain
-from .volumes import read_labels, read_volume
+from deepcluster.core import DeepClusterError
+from deepcluster.core.inference.embed import prepare_batch, scan_headers
+from deepcluster.core.model.network import plain
+from deepcluster.core.inference.volumes import read_labels, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,8 @@ class SimulatedData:
         if not args.structures and not args.procedural:
             raise DeepClusterError('no training data: give --data FOLDER, or --structures and/or '
                                    '--procedural N')
-        from .simulate import SimulationConfig, Simulator
-        from .structures import templates_for
+        from deepcluster.core.datamodel.simulate import SimulationConfig, Simulator
+        from deepcluster.core.datamodel.structures import templates_for
         import dataclasses
         templates = templates_for(args.structures, args.procedural, args.voxel_size, args.seed,
                                   args.embedded)

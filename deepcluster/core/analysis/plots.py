@@ -26,8 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import DeepClusterError  # noqa: E402
-from .volumes import atomic_path  # noqa: E402
+from deepcluster.core import DeepClusterError  # noqa: E402
+from deepcluster.core.inference.volumes import atomic_path  # noqa: E402
 
 DPI = 110
 EMBED_MAX_POINTS = 5000   # t-SNE beyond this is slow on CPU and no clearer

@@ -15,7 +15,7 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.utils import byte_order_from_machine_stamp, dtype_from_mode
 
-from . import DeepClusterError
+from deepcluster.core import DeepClusterError
 
 MRC_SUFFIXES = ('.mrc', '.map', '.rec', '.mrcs')
 

@@ -1,0 +1,1 @@
+"""From features to classes: clustering, choice of k, evaluation, figures."""

@@ -1,0 +1,1 @@
+"""The data model: structures in, labelled synthetic subtomograms out."""

@@ -1,0 +1,1 @@
+"""From subtomogram files to features: MRC I/O, resampling, embedding."""

@@ -1,0 +1,1 @@
+"""The encoder: network, model file, training and its data."""
