@@ -16,10 +16,12 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt requirements-downstream.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -r requirements.txt
+	# the downstream plugins the tests feed our outputs to (no binaries; --no-deps keeps the pins)
+	$(PY) -m pip install -q --no-deps -r requirements-downstream.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
