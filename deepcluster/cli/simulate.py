@@ -4,7 +4,7 @@ import argparse
 import logging
 
 from deepcluster.core import DeepClusterError
-from deepcluster.core.datamodel.simulate import SimulationConfig
+from deepcluster.core.datamodel.simulate import SCENES, SimulationConfig
 from deepcluster.core.datamodel.simulated_set import simulate_to_folder
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,9 @@ def add_parser(subparsers):
     p.add_argument('--negative', action=argparse.BooleanOptionalAction, default=True,
                    help="add the 'negative' class (no particle at the centre; default on)")
     p.add_argument('--membrane-bound', nargs='+', default=[], metavar='NAME',
-                   help="also simulate NAME_mb: that particle bound to a membrane, touching it with its "
-                        "map's -z side")
+                   help="also simulate NAME_mb: that particle bound to a membrane at its binding site "
+                        "(the map's -z side unless --mb-site names another)")
+    add_scene_arguments(p)
     p.add_argument('--mb-random-side', type=float, default=0.0, metavar='P',
                    help='share of the NAME_mb particles that touch the membrane on a random side instead '
                         '(default 0)')
@@ -46,13 +47,47 @@ def add_parser(subparsers):
     return p
 
 
+def add_scene_arguments(p):
+    """--scene and --mb-site, shared by simulate and train."""
+    p.add_argument('--scene', choices=sorted(SCENES), default=None,
+                   help='classic (default): the data model as the shipped models were first trained; '
+                        'cellular: crowded cytosol around every class and the negatives, unrelated '
+                        'membranes near 60%% of them, NAME_mb particles 3-5 nm off their membrane at a '
+                        'binding site spread by 25 degrees')
+    p.add_argument('--mb-site', nargs='+', default=None, metavar='NAME=SITE',
+                   help="where NAME_mb meets its membrane: x,y,z (a direction from the complex's "
+                        "centre in the map's axes, as a map viewer shows them) or lobes (from the "
+                        "smaller lobe through the larger: for a ribosome, small subunit -> large "
+                        "subunit -> polypeptide exit tunnel); default: the map's -z side")
+
+
+def binding_sites(names, site_args):
+    """{name: site} for the Simulator from --membrane-bound and --mb-site NAME=SITE."""
+    sites = {nm: None for nm in names or ()}
+    for item in site_args or ():
+        nm, sep, site = item.partition('=')
+        if not sep or nm not in sites:
+            raise DeepClusterError('--mb-site %s: expected NAME=SITE with NAME one of --membrane-bound (%s)'
+                                   % (item, ', '.join(sites) or 'none given'))
+        if site != 'lobes':
+            try:
+                site = tuple(float(v) for v in site.split(','))
+            except ValueError:
+                site = ()
+            if len(site) != 3:
+                raise DeepClusterError('--mb-site %s: SITE is lobes or three numbers x,y,z' % item)
+        sites[nm] = site
+    return sites
+
+
 def run_cli(args):
     from deepcluster.core.datamodel.structures import templates_for
     from deepcluster.core.device import pick_device
     if not 0 <= args.mb_random_side <= 1:
         raise DeepClusterError('--mb-random-side %g: must be within 0 and 1' % args.mb_random_side)
-    cfg = SimulationConfig(box=args.box, voxel_size=args.voxel_size, tilt_range=tuple(args.tilt_range),
-                           contrast=args.contrast, mb_random_side=args.mb_random_side)
+    cfg = SimulationConfig.for_scene(args.scene or 'classic', box=args.box, voxel_size=args.voxel_size,
+                                     tilt_range=tuple(args.tilt_range), contrast=args.contrast,
+                                     mb_random_side=args.mb_random_side)
     if args.snr is not None:
         cfg.snr = tuple(args.snr)
     cfg.validate()
@@ -67,7 +102,8 @@ def run_cli(args):
     device = pick_device(args.device)
     templates = templates_for(args.structures, args.procedural, args.voxel_size, args.seed, args.embedded)
     res = simulate_to_folder(args.out, templates, args.n_per_class, cfg, seed=args.seed,
-                             negative=args.negative, membrane_bound=args.membrane_bound,
+                             negative=args.negative,
+                             membrane_bound=binding_sites(args.membrane_bound, args.mb_site),
                              device=device, batch_size=args.batch_size)
     log.info('wrote %d subtomograms of %d classes to %s in %.1f s', res['n'], len(res['classes']),
              res['out'], res['seconds'])

@@ -6,6 +6,7 @@ import sys
 from deepcluster.core import DeepClusterError
 from deepcluster.core.device import pick_device
 from deepcluster.core.model.network import ARCHITECTURES, DEFAULT_ARCH
+from deepcluster.cli.simulate import add_scene_arguments, binding_sites
 from deepcluster.core.model.train import train
 
 
@@ -23,6 +24,7 @@ def add_parser(subparsers):
     d.add_argument('--procedural', type=int, default=0, metavar='N', help='add N procedural shape classes')
     d.add_argument('--membrane-bound', nargs='+', metavar='NAME', default=[],
                    help='structures simulated sitting on a membrane')
+    add_scene_arguments(d)
     d.add_argument('--embedded', nargs='+', metavar='NAME', default=[],
                    help='these structures are membrane proteins (bilayer through the centre)')
     d.add_argument('--negative', action=argparse.BooleanOptionalAction, default=True,
@@ -109,6 +111,9 @@ def finalise_args(args):
     args.argv = getattr(args, 'argv', None) or sys.argv[2:]
     if args.data and (args.structures or args.procedural):
         raise DeepClusterError('give either --data or --structures/--procedural, not both')
+    if args.data and (args.scene or args.mb_site):
+        raise DeepClusterError('--scene and --mb-site describe simulated data: not with --data')
+    args.mb_sites = binding_sites(args.membrane_bound, args.mb_site)
     if not args.data:
         args.box = args.box or 40
         args.voxel_size = args.voxel_size or 10.0

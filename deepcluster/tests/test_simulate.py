@@ -207,7 +207,7 @@ def test_membrane_bound_on_a_random_side_still_touches_it(templates):
     assert torch.allclose(plane - half, reach + 0.5 * scale, atol=1e-4)         # touching, never cut
     assert torch.allclose(outward.norm(dim=1), torch.ones(50), atol=1e-5)
     assert reach.max() - reach.min() > 1.0                                     # other sides, other reach
-    assert torch.equal(sim.sides[0], torch.tensor([-1.0, 0.0, 0.0]))          # default side: the map's -z
+    assert torch.equal(sim.sides[0, 0], torch.tensor([-1.0, 0.0, 0.0]))          # default side: the map's -z
 
     labels = torch.tensor([0, 1, 2, 3] * 4)                                     # proc01_mb = 3
     fixed = Simulator(templates, quiet(), membrane_bound=['proc01'], negative=False)
@@ -307,3 +307,73 @@ def test_gpu_batch(templates):
     assert x.is_cuda and x.shape == (8, BOX, BOX, BOX) and torch.isfinite(x).all()
     g2 = torch.Generator(device='cuda').manual_seed(0)
     assert torch.allclose(x, sim.batch(torch.arange(8, device='cuda') % 4, g2), atol=1e-4)
+
+
+# ------------------------------------------------------------ cellular scene
+def test_binding_site_lobes_points_from_the_small_lobe_through_the_large(templates):
+    from deepcluster.core.datamodel.simulate import binding_site
+    from deepcluster.core.datamodel.structures import Template
+    n = 31
+    zz, yy, xx = np.indices((n, n, n)) - n // 2
+    big = np.exp(-((zz - 0) ** 2 + (yy - 0) ** 2 + (xx - 4) ** 2) / 18.0)      # large lobe at +x
+    small = 0.6 * np.exp(-((zz - 0) ** 2 + (yy - 0) ** 2 + (xx + 6) ** 2) / 8.0)
+    t = Template('two', (big + small).astype(np.float32), 10.0)
+    v = binding_site(t, 'lobes')                                               # (z, y, x)
+    assert v[2] > 0.99, v
+    assert np.allclose(binding_site(t, (0, 0, -1)), [-1, 0, 0])                # x,y,z in, z,y,x out
+    assert np.allclose(binding_site(t, None), [-1, 0, 0])
+    for bad in ('tunnel', (0, 0, 0), (1, float('nan'), 0)):
+        with pytest.raises(DeepClusterError):
+            binding_site(t, bad)
+
+
+def test_cellular_membrane_bound_sits_off_its_membrane_at_its_site(templates):
+    """The bilayer of an _mb particle is mb_gap beyond the particle along a side within
+    mb_site_spread of its binding site; the classic scene still touches at -z."""
+    cfg = SimulationConfig.for_scene('cellular', box=BOX)
+    assert cfg.mb_gap == (30.0, 50.0) and cfg.negative_overlap > 0
+    sim = Simulator(templates, cfg, membrane_bound={'proc01': (1.0, 0.0, 0.0)}, negative=False)
+    site = sim.sides[1, 0]
+    assert torch.allclose(site, torch.tensor([0.0, 0.0, 1.0]))                  # +x in z,y,x
+    cone = sim.sides[1, sim._cone[1]]
+    assert (np.degrees(np.arccos((cone @ site).clamp(-1, 1).numpy())) <= 25 + 1e-4).all()
+    g = gen(4)
+    rot = random_rotations(torch.randn(20, 4, generator=g))
+    centre, scale = torch.full((20, 3), BOX / 2.0), torch.ones(20)
+    gap = torch.full((20,), 4.0)
+    touch = torch.zeros(20, dtype=torch.long)
+    near, _ = sim.contact_plane(rot, torch.ones(20, dtype=torch.long), touch, centre, scale)
+    far, outward = sim.contact_plane(rot, torch.ones(20, dtype=torch.long), touch, centre, scale, gap)
+    assert torch.allclose(((far - near) * outward).sum(-1), gap, atol=1e-5)
+    labels = torch.tensor([0, 1, 2, 3] * 3)
+    x = sim.batch(labels, gen(2))
+    assert torch.isfinite(x).all() and x.shape == (12, BOX, BOX, BOX)
+
+
+def test_cellular_negatives_are_crowded_cytosol(templates):
+    """Negatives of the cellular scene have neighbours reaching into the centre, so
+    their centre is not an empty hole the size of a particle."""
+    labels = torch.full((64,), 3)                                               # negative
+    centre = torch.from_numpy(sphere(BOX, 3))
+    mass = {}
+    for scene in ('classic', 'cellular'):
+        cfg = SimulationConfig.for_scene(scene, box=BOX, membrane_probability=0.0, bead_probability=0.0,
+                                         ice_amplitude=(0.0, 0.0))
+        sim = Simulator(templates, cfg)
+        _, clean = sim.batch(labels, gen(9), return_clean=True)
+        mass[scene] = float(clean[:, centre].abs().mean())
+    assert mass['cellular'] > 2 * mass['classic'], mass
+
+
+def test_simulate_cli_scene_and_site_flags(tmp_path, capsys):
+    out = tmp_path / 'sim'
+    assert main([str(a) for a in ['-q', 'simulate', '--procedural', 2, '--membrane-bound', 'proc00',
+                                  '--mb-site', 'proc00=lobes', '--scene', 'cellular', '--n-per-class', 2,
+                                  '--box', BOX, '--out', out]]) == 0
+    assert sorted(set(read_labels(str(out / 'labels.csv')).values())) == ['negative', 'proc00', 'proc00_mb', 'proc01']
+    for bad in (['--mb-site', 'proc09=lobes'], ['--mb-site', 'proc00=1,2'], ['--mb-site', 'proc00']):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in ['-q', 'simulate', '--procedural', 2, '--membrane-bound', 'proc00',
+                                   '--n-per-class', 1, '--box', BOX, '--out', tmp_path / 'bad']] + bad)
+        assert e.value.code == 2
+        assert '--mb-site' in capsys.readouterr().err

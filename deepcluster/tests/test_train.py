@@ -298,3 +298,15 @@ def test_time_budget_stops_with_an_annealed_model(folder, tmp_path):
     assert not os.path.exists(os.path.join(str(tmp_path / 'budget_train'), 'checkpoint.pt'))
     with pytest.raises(DeepClusterError, match='--max-minutes'):
         parse_args(base_args(folder, out, '--max-minutes', 0))
+
+
+def test_cellular_scene_and_binding_site_reach_the_simulator_and_the_card(tmp_path):
+    from deepcluster.core.model.network import read_model_file
+    out = str(tmp_path / 'cell.pt')
+    train(parse_args(sim_args(out, '--steps', 2, '--scene', 'cellular', '--membrane-bound', 'proc00',
+                              '--mb-site', 'proc00=0,0,1')))
+    card = read_model_file(out)[1]['training']
+    assert card['scene'] == 'cellular' and card['simulation']['mb_gap'] == [30.0, 50.0]
+    assert card['binding_sites_zyx'] == {'proc00': [1.0, 0.0, 0.0]}
+    with pytest.raises(DeepClusterError):
+        parse_args(base_args(str(tmp_path), str(tmp_path / 'x.pt'), '--scene', 'cellular'))

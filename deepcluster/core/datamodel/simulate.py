@@ -36,12 +36,25 @@ Limitation: the Fourier step treats the box as periodic, so a strong object cut 
 the box edge (a bead, a membrane) rings faintly across the opposite edge.
 
 Template frame: membrane 'attached' templates and ``membrane_bound`` classes
-(``<name>_mb``) sit on a membrane touching their -z side (map z axis), in that
-fixed pose, so the context is learnable; 'embedded' ones have the bilayer through
-their centre normal to z. A map rarely says where a complex binds the membrane,
-so ``mb_random_side`` lets that share of the ``_mb`` particles touch it on a
-random side instead: the class then means "sits on a membrane", whatever the
-binding site.
+(``<name>_mb``) sit on a membrane at their binding site, in that fixed pose, so the
+context is learnable; 'embedded' ones have the bilayer through their centre normal
+to z. The binding site is the map's -z side unless ``membrane_bound`` names another
+(a direction in the map's axes, or 'lobes': from the smaller lobe of a two-lobed
+complex through the larger, which for a ribosome points from the small subunit
+through the large one to its polypeptide exit, where ribosomes meet the ER
+membrane and its translocon). ``mb_gap`` keeps the bilayer that far from the
+particle (a ribosome on a translocon: 3-5 nm), ``mb_site_spread`` tilts the site by
+up to that many degrees. A map rarely says where a complex binds, so
+``mb_random_side`` lets that share of the ``_mb`` particles touch it on a random
+side instead: the class then means "sits on a membrane", whatever the site.
+
+Scenes (``SimulationConfig.for_scene``): 'classic' is the data model as it always
+was (its draws are bit-identical); 'cellular' crowds every class and the negatives
+(up to 6 neighbours, 90 %), puts unrelated membranes near 60 % of all particles and
+negatives, lets a negative's neighbours reach into the box centre (crowded cytosol,
+not an empty hole the size of a particle) and keeps ``_mb`` particles 3-5 nm off
+their membrane at a spread binding site, so that "a membrane is in the box" is no
+longer the cue for a membrane-bound class.
 """
 import dataclasses
 import math
@@ -84,7 +97,10 @@ class SimulationConfig:
     membrane_radius: tuple = (250.0, 5000.0)  # curvature radius, log-uniform
     membrane_gap: tuple = (20.0, 150.0)     # context membrane to particle
     membrane_density: tuple = (0.5, 1.0)    # head groups, protein interior = 1
-    mb_random_side: float = 0.0             # share of _mb particles on a random side, not their -z
+    mb_random_side: float = 0.0             # share of _mb particles on a random side, not their site
+    mb_gap: tuple = (0.0, 0.0)              # Å between an _mb particle and its bilayer's head groups
+    mb_site_spread: float = 0.0             # degrees: the binding site tilted by up to this much
+    negative_overlap: float = 0.0           # share of negatives whose neighbours reach into the centre
     bead_probability: float = 0.05
     bead_diameter: tuple = (50.0, 100.0)
     bead_density: tuple = (4.0, 8.0)
@@ -107,7 +123,7 @@ class SimulationConfig:
             bad('tilt steps %s: need 0 < step <= tilt range' % (steps,))
         for name in ('defocus_um', 'dose', 'bfactor', 'snr', 'noise_exponent', 'neighbour_gap',
                      'membrane_radius', 'membrane_gap', 'membrane_density', 'bead_diameter',
-                     'bead_density', 'ice_amplitude'):
+                     'bead_density', 'ice_amplitude', 'mb_gap'):
             v = getattr(self, name)
             if len(v) != 2 or v[0] > v[1]:
                 bad('%s %s: expected a range (low, high) with low <= high' % (name, v))
@@ -118,7 +134,7 @@ class SimulationConfig:
         if len(self.bandlimit_voxel) != 2 or not 0 < self.bandlimit_voxel[0] <= self.bandlimit_voxel[1]:
             bad('bandlimit_voxel %s: expected a positive range (low, high)' % (self.bandlimit_voxel,))
         for name in ('phase_flip_probability', 'crowding_probability', 'membrane_probability',
-                     'bead_probability', 'bandlimit_probability', 'mb_random_side'):
+                     'bead_probability', 'bandlimit_probability', 'mb_random_side', 'negative_overlap'):
             if not 0 <= getattr(self, name) <= 1:
                 bad('%s %s: must be within 0..1' % (name, getattr(self, name)))
         if self.contrast not in ('dark', 'bright'):
@@ -127,7 +143,25 @@ class SimulationConfig:
             bad("snr_reference %r: expected 'particle' or 'box'" % self.snr_reference)
         if int(self.max_neighbours) < 0 or not 0 <= self.voxel_jitter < 0.5 or self.max_shift < 0:
             bad('max_neighbours, voxel_jitter and max_shift must be >= 0 (jitter < 0.5)')
+        if self.mb_gap[0] < 0 or not 0 <= self.mb_site_spread <= 90:
+            bad('mb_gap must be >= 0 and mb_site_spread within 0..90 degrees')
         return self
+
+    @classmethod
+    def for_scene(cls, scene='classic', **kw):
+        """The config of a named scene (see SCENES), with ``kw`` on top."""
+        if scene not in SCENES:
+            raise DeepClusterError('scene %r: expected one of %s' % (scene, ', '.join(SCENES)))
+        return cls(**{**SCENES[scene], **kw})
+
+
+# named scenes: 'classic' = the defaults above; 'cellular' = crowded cells (module docstring)
+SCENES = {
+    'classic': {},
+    'cellular': dict(crowding_probability=0.9, max_neighbours=6, neighbour_gap=(0.0, 60.0),
+                     membrane_probability=0.6, membrane_gap=(20.0, 200.0), negative_overlap=0.7,
+                     mb_gap=(30.0, 50.0), mb_site_spread=25.0),
+}
 
 
 def _sides(n=100):
@@ -141,6 +175,34 @@ def _sides(n=100):
 
 
 SIDES = _sides()
+
+
+def binding_site(template, site=None):
+    """Unit vector (z, y, x) in the template's frame towards where it meets a
+    membrane: None = the map's -z side; 'lobes' = from the smaller lobe of a
+    two-lobed complex through the larger (k-means on its density, 2 lobes): for a
+    ribosome, small subunit -> large subunit -> polypeptide exit; else a direction
+    (x, y, z) in the map's axes, as a map viewer shows them."""
+    if site is None:
+        return SIDES[0].copy()
+    if isinstance(site, str):
+        if site != 'lobes':
+            raise DeepClusterError("binding site of %s: %r is neither 'lobes' nor x,y,z" % (template.name, site))
+        from sklearn.cluster import KMeans
+        d = template.density
+        solid = d > 0.1 * d.max()
+        pts, w = np.argwhere(solid).astype(np.float64), d[solid].astype(np.float64)
+        km = KMeans(2, n_init=10, random_state=0).fit(pts, sample_weight=w)
+        mass = np.bincount(km.labels_, weights=w, minlength=2)
+        v = km.cluster_centers_[int(np.argmax(mass))] - km.cluster_centers_[int(np.argmin(mass))]
+    else:
+        v = np.asarray(site, dtype=np.float64)[::-1]          # x, y, z -> z, y, x
+        if v.shape != (3,) or not np.all(np.isfinite(v)):
+            raise DeepClusterError('binding site of %s: expected 3 finite numbers x,y,z' % template.name)
+    n = np.linalg.norm(v)
+    if not n > 0:
+        raise DeepClusterError('binding site of %s: the direction has zero length' % template.name)
+    return v / n
 
 
 def random_rotations(q):
@@ -158,7 +220,9 @@ class Simulator:
     """Batched subtomogram simulator for ``templates`` (all at config.voxel_size).
 
     ``class_names``: template names, then ``<name>_mb`` for each name in
-    ``membrane_bound``, then ``'negative'`` if ``negative``.
+    ``membrane_bound``, then ``'negative'`` if ``negative``. ``membrane_bound`` is a
+    list of names (binding site: the map's -z side) or a {name: site} dict, a site
+    being None (-z), 'lobes' or a direction (x, y, z) in the map's axes.
     """
 
     def __init__(self, templates, config=None, device='cpu', negative=True, membrane_bound=()):
@@ -174,12 +238,14 @@ class Simulator:
                                        'at the simulation voxel size' % (t.name, t.voxel_size, cfg.voxel_size))
         if len(set(names)) != len(names):
             raise DeepClusterError('duplicate template names: %s' % sorted({n for n in names if names.count(n) > 1}))
+        sites = dict(membrane_bound) if isinstance(membrane_bound, dict) else {}
         membrane_bound = [membrane_bound] if isinstance(membrane_bound, str) else list(membrane_bound or ())
         for nm in membrane_bound:
             if nm not in names:
                 raise DeepClusterError('membrane-bound class %r: no template of that name (have: %s)'
                                        % (nm, ', '.join(names)))
         self.templates = templates
+        self.binding_sites = {t.name: binding_site(t, sites.get(t.name)) for t in templates}
         mode = {'none': 0, 'attached': 1, 'embedded': 2}
         self.class_names = names + [nm + '_mb' for nm in membrane_bound] + (['negative'] if negative else [])
         ctempl = list(range(len(names))) + [names.index(nm) for nm in membrane_bound] + [0] * negative
@@ -208,7 +274,7 @@ class Simulator:
         the CPU's particle footprints (spheres) never reach a neighbour's voxels."""
         cfg, dev = self.config, self.device
         n, smax, smin = int(cfg.box), 1 + cfg.voxel_jitter, 1 - cfg.voxel_jitter
-        info = []
+        info, cones = [], []
         for t in self.templates:
             d = t.density.astype(np.float64)
             r = (d.shape[0] - 1) // 2
@@ -221,10 +287,14 @@ class Simulator:
                     for st in (1, 2)}
             pad = r if side[1] >= n else max(r, int(math.ceil(((side[1] - 1) / 2 + 1.5) / smin)) + 1)
             solid = np.stack([zz[d > 0.2], yy[d > 0.2], xx[d > 0.2]], 1).astype(np.float64)
+            sides = np.concatenate([self.binding_sites[t.name][None], SIDES[1:]])   # [0] = its site
+            cos = np.clip(sides @ sides[0], -1, 1)
+            cones.append(np.nonzero(np.degrees(np.arccos(cos)) <= cfg.mb_site_spread + 1e-6)[0])
             info.append(dict(r=r, pad=pad, support=support, side=side,
                              contact=float(rr.ravel()[order][np.searchsorted(cum, 0.97)]) + 0.5,
                              extent=float(rr[d > 0.03].max()) + 1.0,
-                             reach=(solid @ SIDES.T).max(0) if len(solid) else np.zeros(len(SIDES)),
+                             reach=(solid @ sides.T).max(0) if len(solid) else np.zeros(len(SIDES)),
+                             sides=sides,
                              veff=t.effective_volume))
         big = max(2 * i['pad'] + 1 for i in info)
         atlas = np.zeros((big, big, sum(2 * i['pad'] + 2 for i in info) + 1), np.float32)
@@ -246,7 +316,9 @@ class Simulator:
         self.extent_radius = col('extent')           # density > 3% of max
         self.contact_radius = col('contact')         # 97% of the mass
         self.reach = col('reach')                    # (T, len(SIDES)): extent along each side
-        self.sides = torch.tensor(SIDES, dtype=torch.float32, device=dev)
+        self.sides = col('sides')                    # (T, len(SIDES), 3): [t, 0] = its binding site
+        width = max(len(c) for c in cones)           # sides within mb_site_spread of each site
+        self._cone = torch.tensor(np.stack([np.resize(c, width) for c in cones]), device=dev)
         self.effective_volume = col('veff')          # voxels (participation ratio)
         self._side = {st: torch.tensor([i['side'][st] for i in info]) for st in (1, 2)}      # CPU
         self.neighbour_pool = torch.tensor([i for i, t in enumerate(self.templates) if t.membrane == 'none']
@@ -330,13 +402,16 @@ class Simulator:
         else:
             vol.index_add_(0, rows, field)
 
-    def contact_plane(self, rot, tmpl, touch, centre, scale):
+    def contact_plane(self, rot, tmpl, touch, centre, scale, gap=None):
         """Where particles of templates ``tmpl`` in poses ``rot`` (template -> box) at
-        ``centre`` meet a membrane with their side ``touch`` (indices into SIDES): the
-        bilayer's mid-plane point, half a bilayer beyond the particle's reach along
-        that side, and the side's outward unit normal, both (B, 3) in box voxels."""
-        outward = torch.bmm(rot, self.sides[touch].unsqueeze(2)).squeeze(2)
+        ``centre`` meet a membrane with their side ``touch`` (indices into each
+        template's sides; 0 = its binding site): the bilayer's mid-plane point, half a
+        bilayer (plus ``gap`` voxels, (B,)) beyond the particle's reach along that
+        side, and the side's outward unit normal, both (B, 3) in box voxels."""
+        outward = torch.bmm(rot, self.sides[tmpl, touch].unsqueeze(2)).squeeze(2)
         depth = scale * (self.reach[tmpl, touch] + 0.5) + 0.5 * self.config.membrane_thickness / self.config.voxel_size
+        if gap is not None:
+            depth = depth + gap
         return centre + outward * depth.unsqueeze(1), outward
 
     # ----------------------------------------------------------------- batch
@@ -370,6 +445,7 @@ class Simulator:
         rot = random_rotations(gauss(b, 4))
         scale = u(b, lo=1 - cfg.voxel_jitter, hi=1 + cfg.voxel_jitter)
         shift = u(b, 3, lo=-cfg.max_shift, hi=cfg.max_shift)
+        self.last_poses = (rot, shift)     # the centre particles' true poses (tomograms.pose_matrices)
         crowd = u(b) < cfg.crowding_probability
         count = 1 + (u(b) * k).long()
         npool = len(self.neighbour_pool)
@@ -390,6 +466,17 @@ class Simulator:
             touch = torch.where(any_side, (u(b) * len(SIDES)).long().clamp_max(len(SIDES) - 1), 0)
         else:
             touch = torch.zeros(b, dtype=torch.long, device=dev)
+        # draws of the newer options, only when asked (the classic stream stays as it was)
+        tmpl0 = torch.where(~self.class_negative[labels], self.class_template[labels], ghost)
+        if cfg.mb_site_spread > 0:
+            pick = (u(b) * self._cone.shape[1]).long().clamp_max(self._cone.shape[1] - 1)
+            touch = torch.where(touch == 0, self._cone[tmpl0, pick], touch)
+        gap = u(b, lo=cfg.mb_gap[0], hi=cfg.mb_gap[1]) / vx if cfg.mb_gap[1] > 0 else None
+        fill = None
+        if cfg.negative_overlap > 0:
+            fill = self.class_negative[labels] & (u(b) < cfg.negative_overlap)
+            crowd = crowd | fill
+            fill = torch.where(fill, u(b), 1.0)      # how much of a ghost's room neighbours leave
 
         # ---- the centre particle (for a negative: a ghost, only the SNR reference)
         positive = ~self.class_negative[labels]
@@ -403,7 +490,8 @@ class Simulator:
         context = torch.zeros(b, n ** 3, device=dev)
         if k:
             active = crowd.unsqueeze(1) & (torch.arange(k, device=dev) < count.unsqueeze(1))
-            dist = s * (self.contact_radius[tmpl].unsqueeze(1) + self.contact_radius[nclass]) + ngap / vx
+            own = self.contact_radius[tmpl] * (1.0 if fill is None else fill)
+            dist = s * (own.unsqueeze(1) + self.contact_radius[nclass]) + ngap / vx
             ncentre = centre.unsqueeze(1) + ndir * dist.unsqueeze(2)
             nmap = random_rotations(nrot).transpose(2, 3) / scale.view(b, 1, 1, 1)
             coarse = self._render(nclass.reshape(-1), nmap.reshape(-1, 3, 3), ncentre.reshape(-1, 3),
@@ -416,7 +504,7 @@ class Simulator:
         attached = (mode == 1).unsqueeze(1)
         zaxis = rot[:, :, 0]                                                  # template +z in the box
         half = 0.5 * cfg.membrane_thickness / vx
-        contact, outward = self.contact_plane(rot, tmpl, touch, centre, scale)
+        contact, outward = self.contact_plane(rot, tmpl, touch, centre, scale, gap)
         fixed_anchor = torch.where(attached, contact, centre)
         fixed_normal = torch.where(attached, outward, zaxis)
         ctx_anchor = centre + mdir * (s * self.extent_radius[tmpl].unsqueeze(1) + half + (mgap / vx).unsqueeze(1))

@@ -82,7 +82,7 @@ def fingerprint(args):
             'snr', 'tilt_range', 'arch', 'widths', 'hidden', 'batch_size', 'lr', 'beta1', 'beta2', 'weight_decay',
             'seed', 'val_fraction', 'val_per_class', 'augment', 'label_smoothing', 'clip_grad',
             'schedule', 'warmup_steps', 'sim_chunk', 'invert_contrast', 'data_voxel_size', 'init',
-            'bandlimit_probability', 'max_shift']
+            'bandlimit_probability', 'max_shift', 'scene', 'mb_site']
     return plain({k: getattr(args, k, None) for k in keys})
 
 

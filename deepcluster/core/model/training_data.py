@@ -150,9 +150,10 @@ class SimulatedData:
         unknown = set(want) - fields
         if unknown:
             raise DeepClusterError('the simulator does not support %s' % ', '.join(sorted(unknown)))
-        self.sim_config = SimulationConfig(**want)
+        self.sim_config = SimulationConfig.for_scene(getattr(args, 'scene', None) or 'classic', **want)
+        sites = getattr(args, 'mb_sites', None) or {nm: None for nm in args.membrane_bound or ()}
         self.sim = Simulator(templates, self.sim_config, device=device, negative=args.negative,
-                             membrane_bound=tuple(args.membrane_bound or ()))
+                             membrane_bound=sites)
         self.class_names = list(self.sim.class_names)
         self.contrast = self.sim_config.contrast
         self.device = device
@@ -169,6 +170,9 @@ class SimulatedData:
                                                                      (args.structures or [])],
                      'procedural': args.procedural, 'membrane_bound': list(args.membrane_bound or ()),
                      'embedded': list(args.embedded or ()),
+                     'scene': getattr(args, 'scene', None) or 'classic',
+                     'binding_sites_zyx': {k: [round(float(v), 4) for v in d]
+                                           for k, d in self.sim.binding_sites.items() if k in sites},
                      'templates': {t.name: t.source for t in templates},
                      'negative_class': bool(args.negative),
                      'simulation': plain(dataclasses.asdict(self.sim_config)),
