@@ -38,6 +38,9 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 MEMBRANE_BOUND = ['4v4r', '4v7r', '5mrc']
+# where the ribosomes meet the membrane in the cellular scene: small subunit -> large
+# subunit -> polypeptide exit (the two-lobe estimate, see simulate.binding_site)
+MB_SITES = ['%s=lobes' % n for n in MEMBRANE_BOUND]
 PROCEDURAL = 40
 
 
@@ -49,7 +52,7 @@ def structures_root():
 
 
 def train_args(root, steps, device, batch_size, lr, seed, val_every=None, widths=None, init=None, val_per_class=64,
-               bandlimit=0.5, snr=None, max_minutes=None, hidden=None):
+               bandlimit=0.5, snr=None, max_minutes=None, hidden=None, scene=None):
     membrane = os.path.join(root, 'membrane_maps_10A')
     embedded = sorted(os.path.splitext(f)[0] for f in os.listdir(membrane) if f.endswith('.mrc'))
     return ['train', '--structures', os.path.join(root, 'maps_10A'), membrane,
@@ -63,7 +66,8 @@ def train_args(root, steps, device, batch_size, lr, seed, val_every=None, widths
                                                   '--bandlimit-probability', str(bandlimit)] \
         + (['--snr'] + [str(v) for v in snr] if snr else []) \
         + (['--max-minutes', str(max_minutes)] if max_minutes else []) \
-        + (['--hidden', str(hidden)] if hidden else [])
+        + (['--hidden', str(hidden)] if hidden else []) \
+        + (['--scene', scene, '--mb-site', *MB_SITES] if scene else [])
 
 
 def run_train(args, out, work):
@@ -90,6 +94,9 @@ def main(argv=None):
                     help='training SNR range (the data model default is 0.1-1.5)')
     ap.add_argument('--widths', type=int, nargs=5, default=None, help='fast-net channel widths')
     ap.add_argument('--hidden', type=int, default=None, help='fast-net fully connected width')
+    ap.add_argument('--scene', default=None, choices=('classic', 'cellular'),
+                    help='data-model scene (cellular: crowded, membranes near all, ribosomes bound '
+                         'at their exit; see simulate.py)')
     ap.add_argument('--out', default=os.path.join(REPO, 'deepcluster', 'models', 'default.pt'))
     ap.add_argument('--work-dir', default=os.path.join(REPO, 'runs', 'shipped_model'))
     ap.add_argument('--skip-eval', action='store_true')
@@ -99,7 +106,7 @@ def main(argv=None):
     t0 = time.time()
     args = train_args(root, a.steps, a.device, a.batch_size, a.lr, a.seed, val_every=a.val_every, widths=a.widths,
                       init=a.init, val_per_class=a.val_per_class, bandlimit=a.bandlimit_probability, snr=a.snr,
-                      max_minutes=a.max_minutes, hidden=a.hidden)
+                      max_minutes=a.max_minutes, hidden=a.hidden, scene=a.scene)
     run_train(args, a.out, os.path.join(a.work_dir, 'train'))
     print('training took %.1f min' % ((time.time() - t0) / 60), flush=True)
     stem = os.path.splitext(os.path.basename(a.out))[0]      # results of another model: results/NAME
