@@ -37,10 +37,11 @@ def test_plain_files_read_as_mrcfile_reads_them(tmp_path, dtype, order):
 def test_unusual_files_go_to_mrcfile_or_fail_naming_the_file(tmp_path):
     rng = np.random.default_rng(2)
     cplx = (rng.normal(size=(4, 5, 6)) + 1j).astype(np.complex64)
-    path = _write(tmp_path / 'complex.mrc', cplx)
-    assert read_mrc_header(path) is None
-    vol, _ = read_volume(path)
-    np.testing.assert_array_equal(vol, cplx.real)
+    path = _write(tmp_path / 'complex.mrc', cplx)      # refused: its imaginary part would be lost
+    with pytest.raises(DeepClusterError, match='complex-valued'):
+        read_mrc_header(path)
+    with pytest.raises(DeepClusterError, match='complex.mrc: complex-valued'):
+        read_volume(path)
 
     stack = _write(tmp_path / 'stack.mrc', np.zeros((2, 4, 4, 4), np.float32))
     assert read_mrc_header(stack) is None

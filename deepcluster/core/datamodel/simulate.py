@@ -113,7 +113,7 @@ class SimulationConfig:
             raise DeepClusterError(msg)
         if int(self.box) < 16:
             bad('box %s: must be at least 16 voxels' % self.box)
-        if not self.voxel_size > 0:
+        if not (np.isfinite(self.voxel_size) and self.voxel_size > 0):
             bad('voxel size %s: must be positive' % self.voxel_size)
         lo, hi = self.tilt_range
         if not (-90 <= lo < hi <= 90):
@@ -125,8 +125,8 @@ class SimulationConfig:
                      'membrane_radius', 'membrane_gap', 'membrane_density', 'bead_diameter',
                      'bead_density', 'ice_amplitude', 'mb_gap'):
             v = getattr(self, name)
-            if len(v) != 2 or v[0] > v[1]:
-                bad('%s %s: expected a range (low, high) with low <= high' % (name, v))
+            if len(v) != 2 or not np.isfinite(v).all() or v[0] > v[1]:
+                bad('%s %s: expected a finite range (low, high) with low <= high' % (name, v))
         if self.snr[0] <= 0:
             bad('snr %s: must be positive' % (self.snr,))
         if self.membrane_radius[0] <= 0:

@@ -416,9 +416,9 @@ def templates_for(structures, procedural, voxel_size, seed, embedded=()):
     templates = []
     if structures:
         templates += load_structures(structures, voxel_size, membrane={nm: 'embedded' for nm in embedded})
-        missing = set(embedded) - {t.name for t in templates}
-        if missing:
-            raise DeepClusterError('--embedded %s: no structure of that name' % ', '.join(sorted(missing)))
+    missing = set(embedded or ()) - {t.name for t in templates}
+    if missing:                         # checked with or without --structures
+        raise DeepClusterError('--embedded %s: no structure of that name' % ', '.join(sorted(missing)))
     if procedural:
         templates += procedural_templates(procedural, voxel_size, seed=seed)
     return templates

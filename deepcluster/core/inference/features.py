@@ -8,7 +8,7 @@ import numpy as np
 
 from deepcluster.core import DeepClusterError
 from deepcluster.core.analysis.cluster import check_features
-from deepcluster.core.inference.volumes import atomic_path
+from deepcluster.core.outputs import atomic_paths, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -19,20 +19,50 @@ def features_csv_path(npy_path):
 
 
 def write_features(out, feats, files):
-    """``out`` (.npy) and ``<out>.csv`` (row,file), both atomically."""
+    """``out`` (.npy) and ``<out>.csv`` (row,file,npy_sha256: the hash of the .npy on
+    the first row, which ``load_features`` checks), committed together (see
+    ``core.outputs.commit``): a kill or a concurrent run never leaves one run's csv
+    beside another's npy. Non-finite features are an error, not an output."""
     out = os.fspath(out)
     if not out.lower().endswith('.npy'):
         raise DeepClusterError('--out %s: expected a .npy file name' % out)
-    with atomic_path(out) as tmp:
+    feats = np.ascontiguousarray(feats, np.float32)
+    bad = np.nonzero(~np.isfinite(feats).all(axis=1))[0] if feats.ndim == 2 else []
+    if len(bad):
+        raise DeepClusterError('%s: its features are not finite (%d files; are its values '
+                               'extreme?); nothing was written' % (files[int(bad[0])], len(bad)))
+    with atomic_paths(out, features_csv_path(out), ours=is_features_output) as (tmp, tmpc):
         with open(tmp, 'wb') as f:
-            np.save(f, np.ascontiguousarray(feats, np.float32))
-        with atomic_path(features_csv_path(out)) as tmpc:
-            with open(tmpc, 'w', newline='') as f:
-                w = csv.writer(f)
-                w.writerow(['row', 'file'])
-                for i, p in enumerate(files):
-                    w.writerow([i, p])
+            np.save(f, feats)
+        digest = sha256_file(tmp)
+        with open(tmpc, 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['row', 'file', 'npy_sha256'])
+            for i, p in enumerate(files):
+                w.writerow([i, p, digest if i == 0 else ''])
     return out
+
+
+def is_features_output(path):
+    """Whether ``path`` (the .npy or its .csv) belongs to an output of ``embed``: its
+    csv has the row,file columns (a hash column since the pair is checked)."""
+    csv_path = features_csv_path(path) if path.lower().endswith('.npy') else path
+    try:
+        with open(csv_path, newline='', encoding='utf-8') as f:
+            header = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header in (['row', 'file', 'npy_sha256'], ['row', 'file'])
+
+
+def claim_features_output(out):
+    """``--out`` of embed may be written: new, or a previous embed output (both files)."""
+    from deepcluster.core.outputs import claim_output
+    if not os.fspath(out).lower().endswith('.npy'):
+        raise DeepClusterError('--out %s: expected a .npy file name' % out)
+    p = claim_output(out, 'embed', '--out', ours=is_features_output)
+    claim_output(features_csv_path(p), 'embed', '--out (its .csv)', ours=is_features_output)
+    return p
 
 
 def find_features_csv(npy):
@@ -50,7 +80,6 @@ def load_features(npy):
     Rows are named by the ``row,file`` CSV beside the .npy (see find_features_csv);
     without one they are named ``row0``, ``row1``... (a warning is logged).
     """
-    import csv
     if not os.path.isfile(npy):
         raise DeepClusterError('%s: no such features file' % npy)
     try:
@@ -65,21 +94,29 @@ def load_features(npy):
     if csv_path is None:
         log.warning('%s: no features.csv beside it; rows are named row0, row1, ...', npy)
         return X, ['row%d' % i for i in range(len(X))]
-    with open(csv_path, newline='') as f:
+    from deepcluster.core.inference.volumes import open_text
+    digest = None
+    with open_text(csv_path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or not {'row', 'file'} <= set(header):
             raise DeepClusterError('%s: expected a CSV with columns row,file' % csv_path)
         ir, jf = header.index('row'), header.index('file')
+        ih = header.index('npy_sha256') if 'npy_sha256' in header else None
         rows, files = [], []
         try:
             for r in reader:
                 if r:
                     rows.append(int(r[ir]))
                     files.append(r[jf])
-        except (IndexError, ValueError):
+                    if ih is not None and digest is None and len(r) > ih and r[ih]:
+                        digest = r[ih]
+        except (IndexError, ValueError, csv.Error):
             raise DeepClusterError('%s: line %d: expected a row number and a file name'
                                    % (csv_path, len(rows) + 2))
+    if digest is not None and digest != sha256_file(npy):
+        raise DeepClusterError('%s and %s are not from the same run (an interrupted or concurrent '
+                               'embed?); run embed again' % (npy, csv_path))
     if len(rows) != len(X):
         raise DeepClusterError('%s names %d rows but %s holds %d feature rows'
                                % (csv_path, len(rows), npy, len(X)))

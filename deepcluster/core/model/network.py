@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from deepcluster.core import DeepClusterError
-from deepcluster.core.inference.volumes import atomic_path
+from deepcluster.core.outputs import atomic_path
 
 FORMAT = 'deepcluster-model/1'
 FEATURE_DIM = 32
@@ -147,8 +147,39 @@ def default_config(arch=DEFAULT_ARCH, class_names=(), box=40, voxel_size=10.0, *
     return cfg
 
 
+def check_config(config):
+    """A model config's values in range (a corrupt or hand-edited file gets one line
+    naming the key, not a traceback or a network of absurd size)."""
+    from deepcluster.core.checks import check_number
+    from deepcluster.core.inference.volumes import VOXEL_RANGE
+    if not isinstance(config, dict):
+        raise DeepClusterError('config: expected a dict, got %s' % type(config).__name__)
+    if config.get('arch') not in ARCHITECTURES:
+        raise DeepClusterError('unknown architecture %r (expected one of %s)'
+                               % (config.get('arch'), ', '.join(ARCHITECTURES)))
+    check_number('config box', config.get('box'), 8, 512, integer=True)
+    check_number('config voxel_size', config.get('voxel_size'), *VOXEL_RANGE)
+    check_number('config feature_dim', config.get('feature_dim', FEATURE_DIM), 1, 4096, integer=True)
+    names = config.get('class_names') or []
+    if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) for c in names):
+        raise DeepClusterError('config class_names: expected a list of names')
+    p = config.get('arch_params') or {}
+    if not isinstance(p, dict):
+        raise DeepClusterError('config arch_params: expected a dict')
+    if 'widths' in p:
+        w = p['widths']
+        if not isinstance(w, (list, tuple)) or len(w) != 5:
+            raise DeepClusterError('config widths %r: expected 5 channel counts' % (w,))
+        for v in w:
+            check_number('config widths', v, 1, 4096, integer=True)
+    check_number('config hidden', p.get('hidden', 1), 1, 65536, integer=True)
+    if config.get('contrast', 'dark') not in ('dark', 'bright'):
+        raise DeepClusterError("config contrast %r: expected 'dark' or 'bright'" % config.get('contrast'))
+
+
 def build_model(config):
     """Instantiate the (untrained) network a config describes."""
+    check_config(config)
     arch = config.get('arch')
     p = dict(config.get('arch_params') or {})
     n = len(config.get('class_names') or []) or 1

@@ -33,7 +33,7 @@ from deepcluster.core import DeepClusterError, fmt_time
 from deepcluster.core.device import pick_device
 from deepcluster.core.model.network import build_model, default_config, plain, save_model
 from deepcluster.core.model.training_data import FolderData, Prefetcher, SimulatedData
-from deepcluster.core.inference.volumes import atomic_path
+from deepcluster.core.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 CKPT_FORMAT = 'deepcluster-checkpoint/1'
@@ -86,16 +86,50 @@ def fingerprint(args):
     return plain({k: getattr(args, k, None) for k in keys})
 
 
+WORK_NAMES = ('checkpoint.pt', 'train_log.csv', 'training_curves.png', 'confusion.png')
+
+
+def _is_work_dir(path):
+    """A --work-dir from before outputs were stamped: our file names only."""
+    try:
+        return all(n in WORK_NAMES or '.dc-' in n for n in os.listdir(path))
+    except OSError:
+        return False
+
+
+def is_model_output(path):
+    """Whether ``path`` is a model file written by ``train`` (so it may be replaced)."""
+    from deepcluster.core.model.network import read_model_file
+    try:
+        read_model_file(path)
+    except DeepClusterError:
+        return False
+    return True
+
+
 def train(args, on_step=None):
     """Run a training described by parsed CLI ``args``; returns the output path.
 
+    The outputs follow ``core.outputs``: --out replaces only a model file, neither
+    it nor --work-dir may overlap an input, and a failed run leaves no work folder it
+    created (unless it holds a checkpoint to resume from).
     ``on_step(step)`` is called after each completed step (tests use it to
     simulate an interruption)."""
+    from deepcluster.core.outputs import claim_output, refuse_overlap, work_folder
+    if not os.fspath(args.out).lower().endswith('.pt'):
+        raise DeepClusterError('--out %s: expected a model file name ending in .pt' % args.out)
+    out = claim_output(args.out, 'train', '--out', ours=is_model_output)
+    work = args.work_dir or os.path.splitext(out)[0] + '_train'
+    inputs = [('--data', args.data), ('--init', args.init)] + [('--structures', p) for p in args.structures or ()]
+    refuse_overlap([('--out', out), ('--work-dir', work)], inputs)
+    with work_folder(work, 'train', legacy=_is_work_dir) as work:
+        return _train(args, work, on_step)
+
+
+def _train(args, work, on_step):
     t_start = time.time()
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    work = args.work_dir or os.path.splitext(os.path.abspath(args.out))[0] + '_train'
-    os.makedirs(work, exist_ok=True)
     ckpt_path = os.path.join(work, 'checkpoint.pt')
     if args.steps < 1 or args.batch_size < 1:
         raise DeepClusterError('--steps and --batch-size must be at least 1')
@@ -140,19 +174,21 @@ def train(args, on_step=None):
 
     start, rows, acc, best, elapsed = 0, [], [0.0, 0, 0], None, 0.0
     if args.resume and os.path.isfile(ckpt_path):
-        ck = torch.load(ckpt_path, map_location='cpu', weights_only=True)
-        if ck.get('format') != CKPT_FORMAT:
-            raise DeepClusterError('%s: not a deepcluster checkpoint' % ckpt_path)
+        ck = read_checkpoint(ckpt_path)
         old, new = ck['fingerprint'], fingerprint(args)
         diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]   # a newer flag
         if diff:                                                # left at its default (None) matches
             raise DeepClusterError('--resume: %s was made with different settings (%s); use the '
                                    'same flags or another --work-dir' % (ckpt_path, ', '.join(diff)))
-        model.load_state_dict(ck['model'])
-        opt.load_state_dict(ck['optimizer'])
-        sched.load_state_dict(ck['scheduler'])
-        if scaler is not None and ck.get('scaler'):
-            scaler.load_state_dict(ck['scaler'])
+        try:
+            model.load_state_dict(ck['model'])
+            opt.load_state_dict(ck['optimizer'])
+            sched.load_state_dict(ck['scheduler'])
+            if scaler is not None and ck.get('scaler'):
+                scaler.load_state_dict(ck['scaler'])
+        except Exception as e:
+            raise DeepClusterError('--resume: %s does not fit this model (%s); use another --work-dir'
+                                   % (ckpt_path, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]))
         start, rows, acc, best, elapsed = ck['step'], ck['rows'], ck['acc'], ck['best'], ck['elapsed']
         log.info('resuming from %s at step %d', ckpt_path, start)
     elif args.resume:
@@ -195,6 +231,9 @@ def train(args, on_step=None):
         last_step = done == args.steps or out_of_time
         if done % args.val_every == 0 or last_step:
             acc = _merge(acc, run_loss, run_correct)
+            if not math.isfinite(acc[0]):
+                raise DeepClusterError('training diverged: the loss is not finite by step %d; lower '
+                                       '--lr (%g) or set --clip-grad; no model was written' % (done, args.lr))
             vl, va, conf = evaluate(model, data, args.batch_size * 4, device, amp_dtype, n_cls)
             row = {'step': done, 'loss': acc[0] / acc[2], 'acc': acc[1] / acc[2], 'val_loss': vl,
                    'val_acc': va, 'lr': opt.param_groups[0]['lr'],
@@ -238,6 +277,9 @@ def train(args, on_step=None):
                       'final_val_acc': last.get('val_acc'), 'final_val_loss': last.get('val_loss'),
                       'final_train_loss': last.get('loss'), 'final_train_acc': last.get('acc'),
                       'confusion': best['confusion'] if best else None, 'class_names': names}
+    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+        raise DeepClusterError('training diverged: the weights are not finite; lower --lr (%g) or set '
+                               '--clip-grad; no model was written' % args.lr)
     save_model(args.out, model.cpu().to(memory_format=torch.contiguous_format), cfg)
     if args.plots:
         _plots(work, log_csv, best, names)
@@ -246,6 +288,27 @@ def train(args, on_step=None):
     log.info('wrote %s (%s, %d classes, val acc %.3f, %s)', args.out, args.arch, n_cls,
              cfg['metrics']['val_acc'] or float('nan'), fmt_time(total_time))
     return args.out
+
+
+CKPT_KEYS = ('step', 'model', 'optimizer', 'scheduler', 'rows', 'acc', 'best', 'elapsed', 'fingerprint')
+
+
+def read_checkpoint(path):
+    """The checkpoint dict of --resume, or one line saying why it cannot be used."""
+    import pickle
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:     # torch's own text is a page long
+        raise DeepClusterError('--resume: %s holds Python objects a safe load refuses; not a deepcluster '
+                               'checkpoint (remove it or use another --work-dir)' % path)
+    except Exception as e:
+        raise DeepClusterError('--resume: %s is not a readable checkpoint (%s); remove it or use another '
+                               '--work-dir' % (path, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]))
+    if not isinstance(ck, dict) or ck.get('format') != CKPT_FORMAT or any(k not in ck for k in CKPT_KEYS) \
+            or not isinstance(ck['fingerprint'], dict):
+        raise DeepClusterError('--resume: %s is not a deepcluster checkpoint; remove it or use another '
+                               '--work-dir' % path)
+    return ck
 
 
 def _init_from(model, cfg, path):
