@@ -81,15 +81,19 @@ def source_sets():
 
 # ------------------------------------------------------------------ one run
 def run_mode(model, config, vols, voxel, mode, seed=0, **kw):
-    """(features, adaptation report) of ``vols`` with ``mode``."""
+    """(features, features of the adapted model whatever the guard said, adaptation
+    report) of ``vols`` with ``mode``."""
     t0 = time.time()
     src = adapt.VolumeSource.from_arrays(vols, voxel, config)
-    res = adapt.adapt_model(model, config, src, mode, seed=seed, progress=False, **kw)
+    res = adapt.adapt_model(model, config, src, mode, seed=seed, progress=mode == 'full', **kw)
     emb = Embedder(res.model, res.config, 'cpu', 'fp32')
     X = embed_arrays(vols, emb, emb.config, voxel_size=voxel, batch_size=64)
+    X2 = X
+    if res.adapted is not None and not res.accepted:
+        X2 = embed_arrays(vols, Embedder(res.adapted, config, 'cpu', 'fp32'), config, voxel_size=voxel, batch_size=64)
     rep = dict(res.report, seconds_total=round(time.time() - t0, 1))
     rep.pop('base_model', None)
-    return X, rep
+    return X, X2, rep
 
 
 def kmeans_v(X, truth, seed=0):
@@ -106,7 +110,7 @@ def quality(model, config, sets, modes, variants):
         row = {'n': int(len(truth)), 'k': int(len(set(truth)))}
         for mode in modes:
             kw = variants.get(mode, {})
-            X, rep = run_mode(model, config, vols, voxel, mode.split(':')[0], **kw)
+            X, X2, rep = run_mode(model, config, vols, voxel, mode.split(':')[0], **kw)
             r = {'v_measure': kmeans_v(X, truth), 'accepted': rep.get('accepted'),
                  'separability': rep.get('separability'), 'seconds': rep['seconds_total']}
             if 'finetune' in rep:
@@ -115,9 +119,12 @@ def quality(model, config, sets, modes, variants):
                 from realistic import score
                 r['realistic_score'] = {k: (round(v, 4) if isinstance(v, float) else v)
                                         for k, v in score(X, list(truth), kind).items()}
-            if rep.get('accepted') is False and mode != 'none':    # what the adaptation alone gave
-                X2, _ = run_mode(model, config, vols, voxel, mode.split(':')[0], guard=False, **kw)
+            if mode != 'none':      # what the adaptation alone gave, whatever the guard said
                 r['v_measure_unguarded'] = kmeans_v(X2, truth)
+                if kind:
+                    from realistic import score
+                    r['realistic_score_unguarded'] = {k: (round(v, 4) if isinstance(v, float) else v)
+                                                      for k, v in score(X2, list(truth), kind).items()}
             row[mode] = r
             print('  %-22s %-10s V %.4f%s  (%.0f s)' % (name, mode, r['v_measure'],
                   '' if r['accepted'] in (None, True) else ' (guard kept none; unguarded %.4f)'

@@ -7,6 +7,9 @@ from deepcluster.core import DeepClusterError
 from deepcluster.core.device import PRECISIONS
 from deepcluster.core.inference.embed import CONTRAST_SAMPLE, CONTRASTS, DEFAULT_BATCH, embed_files
 from deepcluster.core.inference.features import features_csv_path
+from deepcluster.core.inference.adapt import (DEFAULT_MINUTES as ADAPT_MINUTES, DEFAULT_MODE as ADAPT_DEFAULT,
+                                              DEFAULT_STEPS as ADAPT_STEPS, MIN_SUBTOMOGRAMS as ADAPT_MIN,
+                                              MODES as ADAPT_MODES)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,21 @@ def add_parser(subparsers):
     p.add_argument('--threads', type=int, default=0,
                    help='CPU threads for the network (default 0: one per core but one, which '
                         'reads and prepares the next batch meanwhile)')
+    p.add_argument('--adapt', choices=ADAPT_MODES, default=ADAPT_DEFAULT,
+                   help='adapt the model to these (unlabelled) subtomograms first: none; bn (default: '
+                        'BatchNorm statistics re-estimated on the input set, deterministic, ~5 passes '
+                        'over the data; best measured mode, see benchmarks/results/bench_adapt.json); '
+                        'full (bn, then fine-tuning on these data anchored by the synthetic training '
+                        'task, minutes). The adapted model is written beside --out as '
+                        '<stem>_adapted.pt (reuse with --model) with a report <stem>_adapt.json; sets '
+                        'under %d subtomograms, or adaptations that leave the features less '
+                        'separable, keep the un-adapted model (logged)' % ADAPT_MIN)
+    p.add_argument('--adapt-minutes', type=float, default=ADAPT_MINUTES, metavar='M',
+                   help='time budget of --adapt full (default %g): fewer steps than planned when '
+                        'the machine is too slow (logged)' % ADAPT_MINUTES)
+    p.add_argument('--adapt-steps', type=int, default=None, metavar='S',
+                   help='fine-tuning steps of --adapt full (default %d)' % ADAPT_STEPS)
+    p.add_argument('--adapt-seed', type=int, default=0, help='seed of --adapt full (default 0)')
     p.set_defaults(func=_run)
     return p
 
@@ -52,11 +70,17 @@ def _run(args):
         raise DeepClusterError('--voxel-size must be positive, got %g' % args.voxel_size)
     if args.threads < 0:
         raise DeepClusterError('--threads must be 0 (one per core) or more, got %d' % args.threads)
+    if not args.adapt_minutes > 0:
+        raise DeepClusterError('--adapt-minutes must be positive, got %g' % args.adapt_minutes)
+    if args.adapt_steps is not None and args.adapt_steps < 1:
+        raise DeepClusterError('--adapt-steps must be at least 1, got %d' % args.adapt_steps)
+    adapt = {'mode': args.adapt, 'minutes': args.adapt_minutes, 'steps': args.adapt_steps,
+             'seed': args.adapt_seed}
     t = time.perf_counter()
     feats = embed_files(args.inputs, model_path=args.model, voxel_size=args.voxel_size,
                         device=args.device, batch_size=args.batch_size,
                         invert_contrast=args.invert_contrast, out=args.out, threads=args.threads,
                         contrast=None if args.invert_contrast else args.contrast,
-                        precision=args.precision)
+                        precision=args.precision, adapt=adapt)
     log.info('wrote %s (%d x %d) and %s in %.1f s', args.out, feats.shape[0], feats.shape[1],
              features_csv_path(args.out), time.perf_counter() - t)

@@ -3,6 +3,7 @@ from enum import Enum
 
 from tomo.objects import SetOfClassesSubTomograms, SetOfSubTomograms
 
+from ..objects import DeepClusterModel
 from .protocol_cluster import ProtDeepClusterCluster
 from .protocol_embed import ProtDeepClusterEmbed
 
@@ -10,6 +11,7 @@ from .protocol_embed import ProtDeepClusterEmbed
 class ClassifyOutputs(Enum):
     subtomograms = SetOfSubTomograms
     classes = SetOfClassesSubTomograms
+    adaptedModel = DeepClusterModel
 
 
 class ProtDeepClusterClassify(ProtDeepClusterCluster, ProtDeepClusterEmbed):
@@ -38,6 +40,7 @@ class ProtDeepClusterClassify(ProtDeepClusterCluster, ProtDeepClusterEmbed):
         out = self._embeddedSet()
         self._defineOutputs(**{ClassifyOutputs.subtomograms.name: out})
         self._defineSourceRelation(self.inputSubtomograms, out)
+        self._defineAdaptedModel()
 
     def _featuresSet(self):
         return getattr(self, ClassifyOutputs.subtomograms.name)
@@ -48,6 +51,9 @@ class ProtDeepClusterClassify(ProtDeepClusterCluster, ProtDeepClusterEmbed):
         if subtomos is not None:
             errors += self._validateK(subtomos.getSize())
         return errors
+
+    def _summary(self):
+        return ProtDeepClusterCluster._summary(self) + self._adaptSummary()
 
     def _methods(self):
         return ProtDeepClusterEmbed._methods(self) + ProtDeepClusterCluster._methods(self)

@@ -1,4 +1,5 @@
 """deepcluster - embed: a shape feature vector for every subtomogram."""
+import os
 from enum import Enum
 
 import numpy as np
@@ -7,13 +8,17 @@ import pyworkflow.protocol.params as params
 from tomo.objects import SetOfSubTomograms
 
 from ..constants import FEATURE_ATTR, FEATURE_INDEX_ATTR, PRECISIONS
+from ..objects import DeepClusterModel
 from .protocol_base import ProtDeepClusterBase, featureString
 
 CONTRASTS = ('auto', 'dark', 'bright')
+ADAPT_MODES = ('none', 'bn', 'full')     # embed --adapt (core/inference/adapt.py)
+ADAPT_DEFAULT = 1                        # bn: the best measured (benchmarks/results/bench_adapt.json)
 
 
 class EmbedOutputs(Enum):
     subtomograms = SetOfSubTomograms
+    adaptedModel = DeepClusterModel
 
 
 class ProtDeepClusterEmbed(ProtDeepClusterBase):
@@ -32,6 +37,22 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
 
     @staticmethod
     def _defineEmbedParams(form):
+        form.addParam('adapt', params.EnumParam, choices=list(ADAPT_MODES), default=ADAPT_DEFAULT,
+                      display=params.EnumParam.DISPLAY_HLIST, label='Adapt to these data',
+                      help='Adapt the model to these (unlabelled) subtomograms before embedding. '
+                           'bn (default): re-estimate the network\'s BatchNorm statistics on this '
+                           'set (deterministic, a few passes over the data); the best mode measured '
+                           'on independent realistic test sets (benchmarks/results/bench_adapt.json). '
+                           'full: bn, then minutes of fine-tuning on these data anchored by the '
+                           'synthetic training task. none: the model as it is. The adapted model '
+                           'is registered as an output (reuse it on more data of the same kind). '
+                           'Sets under 100 subtomograms, or adaptations that leave the features '
+                           'less separable, keep the un-adapted model (said in the summary).')
+        form.addParam('adaptMinutes', params.FloatParam, default=5.0, validators=[params.GT(0)],
+                      condition='adapt == 2', expertLevel=params.LEVEL_ADVANCED,
+                      label='Adaptation time budget (min)',
+                      help='Upper limit of the fine-tuning time of "full"; fewer steps are run '
+                           'when the machine is too slow (logged).')
         form.addParam('contrast', params.EnumParam, choices=list(CONTRASTS), default=0,
                       display=params.EnumParam.DISPLAY_HLIST, expertLevel=params.LEVEL_ADVANCED,
                       label='Protein contrast',
@@ -68,7 +89,46 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
                 '--voxel-size', self.inputSubtomograms.get().getSamplingRate(),
                 '--batch-size', self.batchSize.get()]
         args += ['--contrast', CONTRASTS[self.contrast.get()], '--precision', PRECISIONS[self.precision.get()]]
+        args += self._adaptArgs()
         self.runDeepCluster('embed', args + self._modelArgs() + self._deviceArgs())
+
+    def _adaptArgs(self):
+        mode = ADAPT_MODES[self.adapt.get()] if self.hasAttribute('adapt') else 'none'
+        args = ['--adapt', mode]
+        if mode == 'full':
+            args += ['--adapt-minutes', self.adaptMinutes.get()]
+        return args
+
+    def _adaptedModelFn(self):
+        return self._getExtraPath('features_adapted.pt')
+
+    def _adaptReport(self):
+        """The embed CLI's adaptation report (dict), or None."""
+        import json
+        fn = self._getExtraPath('features_adapt.json')
+        if not os.path.isfile(fn):
+            return None
+        with open(fn) as f:
+            return json.load(f)
+
+    def _defineAdaptedModel(self):
+        """Register the adapted model (if the adaptation was kept) as an output."""
+        if not os.path.isfile(self._adaptedModelFn()):
+            return
+        from deepcluster.core.model.network import read_model_file
+        model = DeepClusterModel(filename=self._adaptedModelFn())
+        model.setFromConfig(read_model_file(self._adaptedModelFn())[1])
+        self._defineOutputs(**{EmbedOutputs.adaptedModel.name: model})
+        self._defineSourceRelation(self.inputSubtomograms, model)
+
+    def _adaptSummary(self):
+        rep = self._adaptReport()
+        if not rep:
+            return []
+        if rep.get('accepted'):
+            return ['Model adapted to these data (%s, %d subtomograms, %s s): output %s.'
+                    % (rep.get('mode'), rep.get('n', 0), rep.get('seconds'), EmbedOutputs.adaptedModel.name)]
+        return ['Adaptation (%s) not kept: %s.' % (rep.get('mode'), rep.get('reason'))]
 
     def _embeddedSet(self):
         """The input set with the features attached to every item (set order)."""
@@ -86,6 +146,7 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
         out = self._embeddedSet()
         self._defineOutputs(**{EmbedOutputs.subtomograms.name: out})
         self._defineSourceRelation(self.inputSubtomograms, out)
+        self._defineAdaptedModel()
 
     # ------------------------------------------------------------------ info
     def _validate(self):
@@ -117,7 +178,7 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
             return ['Embedding not finished yet.']
         out = getattr(self, EmbedOutputs.subtomograms.name)
         return ['%d subtomograms embedded with %s; features in %s.'
-                % (out.getSize(), self._modelName(), self._featuresFn())]
+                % (out.getSize(), self._modelName(), self._featuresFn())] + self._adaptSummary()
 
     def _methods(self):
         return ['Subtomograms were embedded into a 32-dimensional, orientation-invariant shape '

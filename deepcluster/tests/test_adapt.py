@@ -216,3 +216,53 @@ class TestCli(unittest.TestCase):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+class TestProtocols(unittest.TestCase):
+    """Headless Scipion: embed with 'Adapt to these data' registers the adapted model
+    (a DeepClusterModel), which classify (embed + cluster) then uses."""
+
+    @classmethod
+    def setUpClass(cls):
+        from pyworkflow.tests import BaseTest, setupTestProject
+        from deepcluster.protocols import ProtDeepClusterEmbed, ProtDeepClusterSimulate
+
+        class _Project(BaseTest):
+            pass
+        setupTestProject(_Project)
+        cls.proj = _Project
+        sim = _Project.newProtocol(ProtDeepClusterSimulate, procedural=3, nPerClass=26, boxSize=32,
+                                   samplingRate=10.0, seed=7, snrMin=1.0, snrMax=2.0, useGpu=False)
+        cls.sim = _Project.launchProtocol(sim)
+        embed = _Project.newProtocol(ProtDeepClusterEmbed, adapt=1, useGpu=False)      # bn
+        _link(embed, 'inputSubtomograms', cls.sim, 'subtomograms')
+        cls.embed = _Project.launchProtocol(embed)
+
+    def test_adapted_model_output_and_its_use_in_classify(self):
+        from deepcluster.protocols import ProtDeepClusterClassify
+        from deepcluster.protocols.protocol_cluster import K_FIXED
+        n = self.sim.subtomograms.getSize()
+        self.assertGreaterEqual(n, adapt.MIN_SUBTOMOGRAMS)
+        model = self.embed.adaptedModel
+        self.assertTrue(os.path.isfile(model.getFileName()))
+        self.assertEqual(model.getBox(), 40)
+        card = load_model(model.getFileName())[1]['adaptation']
+        self.assertEqual((card['mode'], card['n']), ('bn', n))
+        self.assertIn('adapted to these data (bn, %d subtomograms' % n, '\n'.join(self.embed._summary()).lower())
+        prot = self.proj.newProtocol(ProtDeepClusterClassify, kMode=K_FIXED, numberOfClasses=4, adapt=0,
+                                     useGpu=False)
+        if prot.hasAttribute('modelSource'):
+            prot.modelSource.set(1)          # a trained model, not the shipped one
+        _link(prot, 'inputSubtomograms', self.sim, 'subtomograms')
+        _link(prot, 'inputModel', self.embed, 'adaptedModel')
+        prot = self.proj.launchProtocol(prot)
+        self.assertEqual(prot.classes.getSize(), 4)
+        np.testing.assert_allclose(np.load(prot._getExtraPath('features.npy')),
+                                   np.load(self.embed._getExtraPath('features.npy')), atol=1e-4)
+        self.assertFalse(hasattr(prot, 'adaptedModel'))
+
+
+def _link(prot, attr, source, output):
+    pointer = getattr(prot, attr)
+    pointer.set(source)
+    pointer.setExtended(output)

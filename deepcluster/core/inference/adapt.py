@@ -48,11 +48,11 @@ log = logging.getLogger(__name__)
 MODES = ('none', 'bn', 'full')
 DEFAULT_MODE = 'bn'
 DEFAULT_MINUTES = 5.0
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 200
 MIN_SUBTOMOGRAMS = 100        # below this the statistics are too noisy to trust (bench_adapt: 'min_n')
 BATCH = 64                    # volumes per pass of the BN estimate
-USER_BATCH = 24               # user subtomograms per fine-tuning step (two views each)
-SYNTHETIC_BATCH = 32          # simulated subtomograms per step (the anchor)
+USER_BATCH = 16               # user subtomograms per fine-tuning step (two views each)
+SYNTHETIC_BATCH = 16          # simulated subtomograms per step (the anchor)
 LR = 1e-4
 RECLUSTER_EVERY = 100
 PSEUDO_SAMPLE = 2048          # user subtomograms clustered for the pseudo-labels
@@ -387,6 +387,7 @@ class AdaptResult:
     accepted: bool
     reason: str
     report: dict
+    adapted: object = None   # the adapted model even when the guard rejected it (benchmarks)
 
 
 def adapt_model(model, config, source, mode=DEFAULT_MODE, minutes=DEFAULT_MINUTES, steps=None, seed=0,
@@ -435,13 +436,13 @@ def adapt_model(model, config, source, mode=DEFAULT_MODE, minutes=DEFAULT_MINUTE
             log.info('adapt %s: separability %.3f -> %.3f (silhouette): adapted model used', mode, before, after)
     report.update(accepted=accepted, reason=reason)
     if not accepted:
-        return AdaptResult(model, config, False, reason, report)
+        return AdaptResult(model, config, False, reason, report, new.cpu().eval())
     cfg = copy.deepcopy(config)
     cfg['adaptation'] = dict(report, adapted_on=source.description,
                              date=time.strftime('%Y-%m-%d %H:%M:%S'), torch=torch.__version__,
                              device=str(dev), platform=platform.platform(),
                              previous=config.get('adaptation'))
-    return AdaptResult(new.cpu().eval(), cfg, True, reason, report)
+    return AdaptResult(new.cpu().eval(), cfg, True, reason, report, new.cpu().eval())
 
 
 def adapted_paths(out):

@@ -286,18 +286,22 @@ def auto_threads():
 
 def embed_files(files, model_path=None, voxel_size=None, device='auto', batch_size=DEFAULT_BATCH,
                 invert_contrast=False, out=None, embedder=None, progress=True, threads=None,
-                contrast=None, precision='auto'):
+                contrast=None, precision='auto', adapt=None):
     """Features (N x 32 float32, input order) of MRC files; optionally write ``out``
     (.npy) and the ``.csv`` beside it. ``files``: anything ``list_volume_files`` takes.
     ``contrast``: the data's protein contrast, 'auto' | 'dark' | 'bright' (None: use
     ``invert_contrast`` as given). ``threads``: torch CPU threads during the call
-    (None: leave as is; 0: ``auto_threads``). ``precision``: see ``Embedder``."""
+    (None: leave as is; 0: ``auto_threads``). ``precision``: see ``Embedder``.
+    ``adapt``: keywords of ``adapt.adapt_for_embedding`` (mode, minutes, steps, seed):
+    the model is first adapted to these files, the adapted model and a report are
+    written beside ``out`` (``features_adapted.pt``, ``features_adapt.json``)."""
     if threads is not None:
         before = torch.get_num_threads()
         torch.set_num_threads(threads or auto_threads())
         try:
             return embed_files(files, model_path, voxel_size, device, batch_size, invert_contrast,
-                               out, embedder, progress, contrast=contrast, precision=precision)
+                               out, embedder, progress, contrast=contrast, precision=precision,
+                               adapt=adapt)
         finally:
             torch.set_num_threads(before)
     files = list_volume_files(files)
@@ -311,6 +315,12 @@ def embed_files(files, model_path=None, voxel_size=None, device='auto', batch_si
     _report_geometry(files, sizes, shapes, cfg)
     if contrast is not None:
         invert_contrast = resolve_contrast(contrast, files, cfg)
+    finish_adapt = None
+    if adapt and adapt.get('mode', 'none') != 'none':
+        from deepcluster.core.inference.adapt import adapt_for_embedding
+        emb, finish_adapt = adapt_for_embedding(files, sizes, invert_contrast, model_path, emb.device,
+                                                precision, out=out, **adapt)
+        cfg = emb.config
     n = len(files)
     feats = np.empty((n, cfg.get('feature_dim', 32)), np.float32)
     q, stop = queue.Queue(maxsize=2), threading.Event()
@@ -344,6 +354,8 @@ def embed_files(files, model_path=None, voxel_size=None, device='auto', batch_si
         th.join()
     if out:
         write_features(out, feats, files)
+    if finish_adapt:
+        finish_adapt()
     return feats
 
 
