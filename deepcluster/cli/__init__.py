@@ -14,7 +14,7 @@ from deepcluster.core import DeepClusterError
 
 # command modules, in the order --help lists them
 COMMAND_MODULES = ['deepcluster.cli.simulate', 'deepcluster.cli.train', 'deepcluster.cli.embed',
-                   'deepcluster.cli.cluster', 'deepcluster.cli.demo']
+                   'deepcluster.cli.cluster', 'deepcluster.cli.select', 'deepcluster.cli.demo']
 
 
 def build_parser():

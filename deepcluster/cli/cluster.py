@@ -111,7 +111,8 @@ def add_parser(subparsers):
                    help='k values tried by --k auto and by the metric sweep (default 2 20)')
     p.add_argument('--k-criterion', default=DEFAULT_K_CRITERION, choices=K_CRITERIA,
                    help='how --k auto chooses (default %s)' % DEFAULT_K_CRITERION)
-    p.add_argument('--plots', metavar='DIR', help='write the figures (PNG) into this folder')
+    p.add_argument('--plots', metavar='DIR', help='write the figures (PNG) into this folder, and map.csv: '
+                        'the 2-D map\'s coordinates (file,x,y,cluster,...) that "select" reads')
     p.add_argument('--embedding', default='tsne', choices=('tsne', 'pca'),
                    help='2-D map in the plots (default tsne, on at most 5000 items)')
 

@@ -5,3 +5,4 @@ from .protocol_train import ProtDeepClusterTrain
 from .protocol_embed import ProtDeepClusterEmbed
 from .protocol_cluster import ProtDeepClusterCluster
 from .protocol_classify import ProtDeepClusterClassify
+from .protocol_select import ProtDeepClusterSelect

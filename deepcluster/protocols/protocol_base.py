@@ -14,6 +14,17 @@ from .. import Plugin
 from ..constants import FEATURE_ATTR, LABEL_ATTR, SHIPPED_MODELS
 
 MRC_EXTS = ('.mrc', '.map', '.rec', '.mrcs', '.st', '.ali')
+MODEL_SHIPPED, MODEL_TRAINED = 0, 1
+VAL_ACC_ATTR = '_dcValAcc'      # validation accuracy, stored on DeepClusterModel outputs
+
+
+def near_chance(val_acc, n_classes):
+    """A validation accuracy below min(2 x chance, halfway from chance to 1) is
+    'near chance': e.g. 0.14 for 7 classes (chance 0.14, threshold 0.29)."""
+    if val_acc is None or not n_classes or n_classes < 2:
+        return False
+    chance = 1.0 / n_classes
+    return val_acc < min(2 * chance, (1 + chance) / 2)
 
 
 class ProtDeepClusterBase(EMProtocol, ProtTomoBase):
@@ -34,9 +45,9 @@ class ProtDeepClusterBase(EMProtocol, ProtTomoBase):
     def _defineSubtomogramsParam(form, label='Subtomograms',
                                  help='Any voxel size and box; resampled to the model on the fly '
                                       '(cropped in Fourier space). Finer is better: extract at the '
-                                      'finest binning you can afford, with a box of ~400 A (on '
-                                      'simulated tilt series, 6.8 A/voxel scored V-measure 0.99 '
-                                      'where 10 A gave 0.91 and 20 A 0.65; README).'):
+                                      'finest binning you can afford, with a box of ~400 Å (on '
+                                      'simulated tilt series, 6.8 Å/voxel scored V-measure 0.99 '
+                                      'where 10 Å gave 0.91 and 20 Å 0.65; README).'):
         form.addParam('inputSubtomograms', params.PointerParam, pointerClass='SetOfSubTomograms',
                       important=True, label=label, help=help)
 
@@ -55,26 +66,37 @@ class ProtDeepClusterBase(EMProtocol, ProtTomoBase):
         form.addParam('procedural', params.IntParam, default=0, validators=[params.GE(0)],
                       condition=condition, label='Procedural classes',
                       help='Number of seeded pseudo-molecule classes (5-40 nm, varied shape '
-                           'and symmetry) to add: no structures needed.')
+                           'and symmetry) to add: no structures needed. Default 0: none.')
         form.addParam('membraneBound', params.StringParam, default='', condition=condition,
                       label='Membrane-bound variants of',
                       help='Class names (space separated) that also get a "<name>_mb" class: '
-                           'the same particle sitting on a membrane.')
+                           'the same particle sitting on a membrane. Default empty: none.')
 
     def _hasStructures(self):
         return self.inputVolumes.hasValue() or self.structuresPath.get() or self.procedural.get() > 0
 
     @staticmethod
     def _defineModelParam(form):
+        # An explicit choice: Scipion fills a pointer by itself when the project holds
+        # exactly one candidate, so "empty pointer = shipped model" silently picked
+        # any train run (even a chance-level one).
+        form.addParam('modelSource', params.EnumParam, default=MODEL_SHIPPED,
+                      choices=['shipped model', 'trained model'],
+                      display=params.EnumParam.DISPLAY_HLIST, label='Model',
+                      help='shipped model (default): a pretrained model that comes with the plugin '
+                           '(trained on synthetic data from 13 SHREC structures, membrane-bound '
+                           'variants and procedural shapes); most users need nothing else. '
+                           'trained model: one made by "deepcluster - train" in this project.')
         form.addParam('inputModel', params.PointerParam, pointerClass='DeepClusterModel',
-                      allowsNull=True, label='Trained model (optional)',
-                      help='A model from "deepcluster - train". Empty: a pretrained model '
-                           'shipped with the plugin (trained on synthetic data from 13 SHREC '
-                           'structures, membrane-bound variants and procedural shapes).')
+                      allowsNull=True, condition='modelSource==%d' % MODEL_TRAINED,
+                      label='Trained model',
+                      help='A model from "deepcluster - train". Its summary shows its validation '
+                           'accuracy; a model near chance level (e.g. a short test run) is '
+                           'flagged with a warning before the run starts.')
         form.addParam('shippedModel', params.EnumParam, choices=SHIPPED_MODELS, default=0,
                       display=params.EnumParam.DISPLAY_HLIST, label='Shipped model',
-                      condition='not inputModel',
-                      help='Used when no trained model is given. default: fast (thousands of '
+                      condition='modelSource==%d' % MODEL_SHIPPED,
+                      help='default: fast (thousands of '
                            'subtomograms per second on a laptop CPU). accurate: twice the '
                            'channels in the first four stages, 2.5x slower, and better on '
                            'nearly every benchmark of the README (mean V-measure over 11 '
@@ -99,10 +121,65 @@ class ProtDeepClusterBase(EMProtocol, ProtTomoBase):
         self.runJob(python, '%s %s %s' % (module, command, quoted),
                     env=self._cliEnv(), numberOfMpi=1)
 
+    def _usesTrainedModel(self):
+        return (self.hasAttribute('modelSource') and self.modelSource.get() == MODEL_TRAINED
+                and self.inputModel.hasValue())
+
     def _modelArgs(self):
-        if self.hasAttribute('inputModel') and self.inputModel.hasValue():
+        if self._usesTrainedModel():
             return ['--model', self.inputModel.get().getFileName()]
         return ['--model', self._shippedModelName()]
+
+    @staticmethod
+    def modelQuality(model):
+        """(validation accuracy or None, number of classes) of a DeepClusterModel:
+        the accuracy stored on it by "train", else the best one of the training log
+        beside its file (runs made before it was stored)."""
+        n = len(model.getClassNames())
+        value = getattr(model, VAL_ACC_ATTR, None)
+        if value is not None and value.get() is not None:
+            return float(value.get()), n
+        fn = model.getFileName() or ''
+        log = os.path.join(os.path.dirname(fn), 'training', 'train_log.csv')
+        accs = []
+        if os.path.exists(log):
+            with open(log, newline='') as f:
+                for row in csv.DictReader(f):
+                    try:
+                        accs.append(float(row.get('val_acc') or 'nan'))
+                    except ValueError:
+                        pass
+        accs = [a for a in accs if a == a]
+        return (max(accs) if accs else None), n
+
+    def _modelErrors(self):
+        if self.hasAttribute('modelSource') and self.modelSource.get() == MODEL_TRAINED \
+                and not self.inputModel.hasValue():
+            return ['Model: choose a trained model, or set Model to "shipped model".']
+        return []
+
+    def _modelWarnings(self):
+        if not self._usesTrainedModel():
+            return []
+        acc, n = self.modelQuality(self.inputModel.get())
+        if near_chance(acc, n):
+            return ['The trained model %s is near chance level: validation accuracy %.2f for '
+                    '%d classes (chance %.2f). Its features will hardly separate shapes; use the '
+                    'shipped model or train longer.' % (self.inputModel.get().getObjLabel() or
+                                                        self.inputModel.get(), acc, n, 1.0 / n)]
+        return []
+
+    def _modelSummary(self):
+        """One line naming the model, its validation accuracy, and a warning near chance."""
+        if not self._usesTrainedModel():
+            return ['Model: the shipped %s model.' % self._shippedModelName()]
+        acc, n = self.modelQuality(self.inputModel.get())
+        line = 'Model: trained model %s' % self.inputModel.get().getFileName()
+        if acc is not None:
+            line += ', validation accuracy %.2f for %d classes (chance %.2f)' % (acc, n, 1.0 / max(1, n))
+            if near_chance(acc, n):
+                line += ' - WARNING: near chance level, the classes mean little'
+        return [line + '.']
 
     def _shippedModelName(self):
         return SHIPPED_MODELS[self.shippedModel.get()] if self.hasAttribute('shippedModel') else 'default'

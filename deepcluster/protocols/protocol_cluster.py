@@ -47,10 +47,12 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
                            'k-selection curve); fixed: you give k. For averaging, a few classes '
                            'too many cost less than too few.')
         form.addParam('numberOfClasses', params.IntParam, default=3, validators=[params.GE(1)],
-                      condition='kMode==%d' % K_FIXED, label='k')
+                      condition='kMode==%d' % K_FIXED, label='k',
+                      help='Number of classes to make (default 3; at most the number of '
+                           'subtomograms). Ignored by hdbscan, which finds its own.')
         line = form.addLine('Range of k', condition='kMode==%d' % K_AUTO,
-                            help='k is chosen from the data within this range; the score '
-                                 'curve is shown by the viewer.')
+                            help='k is chosen from the data within this range (default 2 to 20); '
+                                 'the score curve is the viewer\'s "Choice of k" plot.')
         line.addParam('kMin', params.IntParam, default=2, label='min')
         line.addParam('kMax', params.IntParam, default=20, label='max')
         form.addParam('kCriterion', params.EnumParam, choices=K_CRITERIA, default=0,
@@ -71,7 +73,9 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
                            'hdbscan finds its own '
                            'number of classes and leaves outliers unclassified.')
         form.addParam('seed', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
-                      label='Random seed')
+                      label='Random seed',
+                      help='Seeds the clustering restarts and the 2-D map (default 0): same seed, '
+                           'same classes.')
 
     # ------------------------------------------------------------------ steps
     def _insertAllSteps(self):

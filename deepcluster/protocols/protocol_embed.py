@@ -61,7 +61,10 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
                            'intensities, logged). The model expects dark protein: bright data '
                            'are inverted.')
         form.addParam('batchSize', params.IntParam, default=64, validators=[params.GE(1)],
-                      expertLevel=params.LEVEL_ADVANCED, label='Batch size')
+                      expertLevel=params.LEVEL_ADVANCED, label='Batch size',
+                      help='Subtomograms per network pass (default 64). Larger is a little '
+                           'faster on a GPU; lower it if the GPU runs out of memory. The features '
+                           'do not depend on it.')
         form.addParam('precision', params.EnumParam, choices=PRECISIONS, default=0,
                       display=params.EnumParam.DISPLAY_HLIST, expertLevel=params.LEVEL_ADVANCED,
                       label='Precision',
@@ -150,7 +153,7 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
 
     # ------------------------------------------------------------------ info
     def _validate(self):
-        errors = []
+        errors = self._modelErrors()
         subtomos = self.inputSubtomograms.get()
         if subtomos is not None and subtomos.getSize() == 0:
             errors.append('The input set of subtomograms is empty.')
@@ -159,17 +162,17 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
         return errors
 
     def _warnings(self):
-        warnings = []
+        warnings = self._modelWarnings()
         subtomos = self.inputSubtomograms.get()
         if subtomos is not None and subtomos.getSamplingRate() and \
                 not 5 <= subtomos.getSamplingRate() <= 20:
-            warnings.append('Voxel size %.2f A is far from the model (10 A): resampling will '
+            warnings.append('Voxel size %.2f Å is far from the model (10 Å): resampling will '
                             'change the box content a lot; consider binning first.'
                             % subtomos.getSamplingRate())
         return warnings
 
     def _modelName(self):
-        if self.inputModel.hasValue():
+        if self._usesTrainedModel():
             return self.inputModel.get().getFileName()
         return 'the shipped %s model' % self._shippedModelName()
 

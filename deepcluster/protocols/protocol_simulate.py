@@ -35,21 +35,32 @@ class ProtDeepClusterSimulate(ProtDeepClusterBase):
                            'membranes and noise only).')
         form.addSection(label='Simulation')
         form.addParam('nPerClass', params.IntParam, default=50, validators=[params.GE(1)],
-                      label='Subtomograms per class')
+                      label='Subtomograms per class',
+                      help='How many subtomograms each class gets (default 50); the negative '
+                           'class, if asked for, gets as many.')
         form.addParam('boxSize', params.IntParam, default=40, validators=[params.GE(16)],
-                      label='Box size (px)')
+                      label='Box size (voxels)',
+                      help='Edge of each cubic subtomogram in voxels (default 40: 400 Å at 10 '
+                           'Å/voxel, the shipped model\'s box). At least 16.')
         form.addParam('samplingRate', params.FloatParam, default=10.0,
-                      validators=[params.GT(0)], label='Voxel size (A)')
+                      validators=[params.GT(0)], label='Voxel size (Å)',
+                      help='Sampling of the subtomograms in Å per voxel (default 10, the shipped '
+                           'model\'s). Structures are resampled to it.')
         line = form.addLine('Tilt range (deg)',
-                            help='Sets the missing wedge; stored as the acquisition.')
+                            help='Tilt range of the simulated tilt series in degrees (default -60 '
+                                 'to 60); it sets the missing wedge and is stored as the '
+                                 'acquisition.')
         line.addParam('tiltMin', params.FloatParam, default=-60, label='min')
         line.addParam('tiltMax', params.FloatParam, default=60, label='max')
-        line = form.addLine('SNR range', help='Signal-to-noise ratio, drawn log-uniformly '
-                                              'per subtomogram.')
-        line.addParam('snrMin', params.FloatParam, default=0.0, label='min (0 = default)')
-        line.addParam('snrMax', params.FloatParam, default=0.0, label='max (0 = default)')
+        line = form.addLine('SNR range', help='Signal-to-noise ratio (local, of the particle), '
+                                              'drawn log-uniformly per subtomogram. 0 in either '
+                                              'field: the default range 0.1 to 1.5 (that of '
+                                              'the shipped model\'s training data).')
+        line.addParam('snrMin', params.FloatParam, default=0.0, label='min (0: 0.1)')
+        line.addParam('snrMax', params.FloatParam, default=0.0, label='max (0: 1.5)')
         form.addParam('seed', params.IntParam, default=0, label='Random seed',
-                      help='Same seed, same inputs: identical subtomograms.')
+                      help='Same seed, same inputs: identical subtomograms (default 0). Change '
+                           'it for a new, independent sample.')
         self._defineGpuParams(form)
 
     # ------------------------------------------------------------------ steps

@@ -3,11 +3,12 @@ import csv
 import os
 from enum import Enum
 
+import pyworkflow.object as pwobj
 import pyworkflow.protocol.params as params
 
 from ..constants import LABEL_ATTR
 from ..objects import DeepClusterModel
-from .protocol_base import ProtDeepClusterBase
+from .protocol_base import VAL_ACC_ATTR, ProtDeepClusterBase, near_chance
 
 FROM_SUBTOMOS, FROM_STRUCTURES = 0, 1
 ARCHS = ['fast', 'deepfinder']
@@ -30,28 +31,49 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
         form.addSection(label='Training data')
         form.addParam('inputType', params.EnumParam, default=FROM_STRUCTURES,
                       choices=['labelled subtomograms', 'structures (simulate on the fly)'],
-                      display=params.EnumParam.DISPLAY_HLIST, label='Train from')
+                      display=params.EnumParam.DISPLAY_HLIST, label='Train from',
+                      help='structures (default): density maps, atomic models and/or procedural '
+                           'shapes; fresh synthetic subtomograms are simulated at every step, so '
+                           'the model never sees the same one twice. labelled subtomograms: a set '
+                           'whose items carry a class label (e.g. "deepcluster - simulate").')
         form.addParam('inputSubtomograms', params.PointerParam, pointerClass='SetOfSubTomograms',
                       condition='inputType==%d' % FROM_SUBTOMOS, allowsNull=True,
                       label='Labelled subtomograms',
                       help='Items must carry a class label, e.g. the output of "deepcluster - simulate".')
         self._defineStructureParams(form, condition='inputType==%d' % FROM_STRUCTURES)
         form.addParam('samplingRate', params.FloatParam, default=10.0,
-                      condition='inputType==%d' % FROM_STRUCTURES, label='Voxel size (A)')
+                      condition='inputType==%d' % FROM_STRUCTURES, label='Voxel size (Å)',
+                      help='Sampling of the simulated training subtomograms in Å per voxel '
+                           '(default 10, as the shipped models). Data to embed later are resampled '
+                           'to it, whatever their own voxel size.')
         form.addParam('boxSize', params.IntParam, default=40,
-                      condition='inputType==%d' % FROM_STRUCTURES, label='Box size (px)')
+                      condition='inputType==%d' % FROM_STRUCTURES, label='Box size (voxels)',
+                      help='Edge of the training subtomograms in voxels (default 40: 400 Å at '
+                           '10 Å/voxel). It should hold the largest particle with some margin.')
         form.addSection(label='Training')
         form.addParam('arch', params.EnumParam, choices=ARCHS, default=0, label='Architecture',
                       help='fast: this plugin\'s default encoder (>50x faster on a CPU); '
                            'deepfinder: the encoder of the paper (DeepFinder).')
         form.addParam('steps', params.IntParam, default=3000, validators=[params.GE(1)],
-                      label='Training steps')
+                      label='Training steps',
+                      help='Optimiser steps of one batch each (default 3000). Time: about 0.25 s '
+                           'per step at batch 64 on a CPU (5,000-8,000-step runs took 21-35 min, '
+                           'docs/experiments.rst), so the default takes ~13 min on a CPU and a '
+                           'few minutes on a GPU. A few hundred steps give a model near chance '
+                           'level, useful only to test a setup; the shipped models had 17,000-19,000 '
+                           'steps on a GPU.')
         form.addParam('batchSize', params.IntParam, default=64, validators=[params.GE(2)],
-                      label='Batch size')
+                      label='Batch size',
+                      help='Subtomograms per step, balanced over the classes (default 64, at '
+                           'least 2). Time per step grows about in proportion.')
         form.addParam('learningRate', params.FloatParam, default=1e-4,
-                      expertLevel=params.LEVEL_ADVANCED, label='Learning rate (Adam)')
+                      expertLevel=params.LEVEL_ADVANCED, label='Learning rate (Adam)',
+                      help='Peak learning rate of the Adam optimiser (default 0.0001); it anneals '
+                           'over the run (see the learning-rate curve of the viewer).')
         form.addParam('seed', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
-                      label='Random seed')
+                      label='Random seed',
+                      help='Seeds the weights and the simulated data (default 0): same seed and '
+                           'inputs, same model on the same machine.')
         form.addParam('maxMinutes', params.FloatParam, default=0, validators=[params.GE(0)],
                       expertLevel=params.LEVEL_ADVANCED, label='Time limit (min)',
                       help='Stop after this much training time and write the model (0: no limit), '
@@ -100,7 +122,11 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
     def createOutputStep(self):
         from deepcluster.core.model.network import read_model_file
         model = DeepClusterModel(filename=self._modelFn())
-        model.setFromConfig(read_model_file(self._modelFn())[1])
+        config = read_model_file(self._modelFn())[1]
+        model.setFromConfig(config)
+        valAcc = (config.get('metrics') or {}).get('val_acc')
+        if valAcc is not None:     # read by the embed/classify forms' chance-level warning
+            setattr(model, VAL_ACC_ATTR, pwobj.Float(valAcc))
         self._defineOutputs(**{TrainOutputs.model.name: model})
         src = self.inputSubtomograms if self.inputType.get() == FROM_SUBTOMOS else self.inputVolumes
         if src.hasValue():
@@ -128,6 +154,10 @@ class ProtDeepClusterTrain(ProtDeepClusterBase):
         last = self._lastLogRow()
         if last.get('val_acc'):
             lines.append('Final validation accuracy: %.3f (step %s)' % (float(last['val_acc']), last['step']))
+        acc, n = self.modelQuality(model)
+        if near_chance(acc, n):
+            lines.append('WARNING: near chance level (best validation accuracy %.2f for %d classes, '
+                         'chance %.2f): train longer before using this model.' % (acc, n, 1.0 / n))
         if last and self.maxMinutes.get() > 0 and int(last['step']) < self.steps.get():
             lines.append('Time limit of %g min reached after %s of %d steps.'
                          % (self.maxMinutes.get(), last['step'], self.steps.get()))

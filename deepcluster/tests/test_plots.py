@@ -52,6 +52,13 @@ def test_training_curves(tmp_path):
     assert list(train.get_xdata()) == [1, 2, 3, 4, 5, 6]
 
 
+def test_short_training_runs_have_markers(tmp_path):
+    log = tmp_path / 'log.csv'
+    log.write_text('step,loss,acc,val_loss,val_acc,lr,time\n1,2.0,0.1,2.1,0.14,0.001,1\n')
+    fig = plots.plot_training_curves(tmp_path / 'c.png', log)
+    assert all(ln.get_marker() not in (None, '', 'None') for ax in fig.axes for ln in ax.get_lines())
+
+
 def test_training_curves_without_validation_or_lr(tmp_path):
     log = tmp_path / 'log.csv'
     log.write_text('step,loss,acc\n1,1.0,0.5\n2,0.5,0.7\n')
@@ -115,6 +122,37 @@ def test_embedding_two_panels_with_legends(tmp_path):
     assert fig._suptitle.get_text() == 't-SNE of 60 points'
 
 
+def test_embedding_palettes_and_legend_title(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 32)).astype(np.float32)
+    labels = np.arange(40) % 3 + 1
+    truth = np.array(['a', 'b', 'c', 'd'] * 10)
+    fig = plots.plot_embedding(tmp_path / 'e.png', X, labels, truth=truth, method='pca')
+    a, b = fig.axes
+    ca = {tuple(c) for coll in a.collections for c in coll.get_facecolors()[:, :3].round(3)}
+    cb = {tuple(c) for coll in b.collections for c in coll.get_facecolors()[:, :3].round(3)}
+    assert not ca & cb                       # clusters and true classes never share a colour
+    # only the truth (the embed viewer): the title and the legend agree
+    fig = plots.plot_embedding(tmp_path / 'e2.png', X, truth, method='pca', legend_title='true class',
+                               title='t-SNE of the features, coloured by true class')
+    assert fig.axes[0].get_legend().get_title().get_text() == 'true class'
+    assert fig.axes[0].get_title() == 'coloured by true class'
+
+
+def test_importing_plots_never_switches_the_backend():
+    import importlib
+    import matplotlib
+    import matplotlib.pyplot as plt
+    before = matplotlib.get_backend()
+    plt.switch_backend('svg')               # stands for the GUI's TkAgg
+    try:
+        importlib.reload(plots)
+        plots.plot_cluster_sizes
+        assert matplotlib.get_backend() == 'svg'
+    finally:
+        plt.switch_backend(before)
+
+
 def test_embedding_subsamples_and_says_so(tmp_path):
     X = np.random.default_rng(1).normal(size=(80, 32)).astype(np.float32)
     fig = plots.plot_embedding(tmp_path / 'e.png', X, np.arange(80) % 3, method='pca',
@@ -136,11 +174,18 @@ def test_metrics_vs_k(tmp_path):
     assert legend_texts(ax) == ['V-measure', 'homogeneity', 'completeness', 'adjusted Rand index',
                                 'true number of classes']
     assert ax.get_xlabel() == 'number of clusters k'
-    assert [t.get_text() for t in ax.texts] == ['best V=0.95 at k=3']
+    assert [t.get_text() for t in ax.texts] == ['best V-measure 0.95 (k=3)']
+    # the label has the V-measure curve's colour, the star sits on that curve
+    vline = ax.get_lines()[0]
+    assert ax.texts[0].get_color() == vline.get_color()
+    star = [ln for ln in ax.get_lines() if ln.get_marker() == '*'][0]
+    assert list(star.get_xdata()) == [3] and list(star.get_ydata()) == [0.95]
+    fig = plots.plot_metrics_vs_k(tmp_path / 'm3.png', SWEEP, true_k=3, k_used=4)
+    assert legend_texts(fig.axes[0])[-1] == 'k of these classes (4)'
     # a dict of lists works too
     cols = {key: [r[key] for r in SWEEP] for key in ('k', 'v_measure', 'homogeneity', 'completeness')}
     fig = plots.plot_metrics_vs_k(tmp_path / 'm2.png', cols)
-    assert len(fig.axes[0].get_lines()) == 3
+    assert len(fig.axes[0].get_lines()) == 4     # 3 curves + the star of the best
 
 
 def test_k_selection(tmp_path):
@@ -150,10 +195,18 @@ def test_k_selection(tmp_path):
     fig = plots.plot_k_selection(tmp_path / 'k.png', curve)
     assert is_png(tmp_path / 'k.png')
     a, b = fig.axes
-    assert a.get_title() == 'silhouette (higher is better)  [decides]'
-    assert b.get_title() == 'bic (lower is better)'
+    assert a.get_title() == 'silhouette score\n(higher is better; chose k)'
+    assert b.get_title() == 'Gaussian-mixture BIC\n(lower is better)'
     assert legend_texts(a) == ['chosen k = 3']
-    assert fig._suptitle.get_text() == 'Choice of k (silhouette): k = 3'
+    assert fig._suptitle.get_text() == 'Number of classes chosen from the data: k = 3 (by silhouette score)'
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in a.get_xticks())      # no 2.5 / 7.5
+    curve['method'] = 'pca_bic'
+    curve['scores'] = {'pca_bic': [3.0, 1.0, 2.0]}
+    fig = plots.plot_k_selection(tmp_path / 'k2.png', curve)
+    text = fig._suptitle.get_text() + fig.axes[0].get_title()
+    assert 'pca_bic' not in text and 'decides' not in text
+    assert 'Gaussian-mixture BIC on 4 principal components' in text
 
 
 def test_cluster_sizes(tmp_path):
@@ -172,7 +225,8 @@ def test_gallery_rows_are_classes(tmp_path):
     fig = plots.plot_gallery(tmp_path / 'g.png', gallery, max_per_class=2)
     assert is_png(tmp_path / 'g.png')
     assert len(fig.axes) == 4     # 2 rows x 2 columns
-    assert [fig.axes[0].get_ylabel(), fig.axes[2].get_ylabel()] == ['ribosome\n(3)', 'proteasome\n(1)']
+    assert [fig.axes[0].get_ylabel(), fig.axes[2].get_ylabel()] == ['ribosome\n(2 shown)',
+                                                                     'proteasome\n(1 shown)']
     assert len(fig.axes[1].images) == 1 and len(fig.axes[3].images) == 0
     with pytest.raises(DeepClusterError, match='no classes'):
         plots.plot_gallery(tmp_path / 'g.png', {})
@@ -191,6 +245,16 @@ def test_cluster_report(tmp_path):
         'k_selection.png', 'gallery.png']
     assert all(is_png(p) for p in paths)
     assert sorted(os.listdir(tmp_path / 'rep')) == sorted(os.path.basename(p) for p in paths)
+    # with the files: map.csv, the coordinates of embedding.png, for "deepcluster select"
+    from deepcluster.core.analysis.embedding_map import read_map_csv
+    files = ['/d/s%02d.mrc' % i for i in range(40)]
+    paths = plots.write_cluster_report(tmp_path / 'rep2', X, labels, truth=np.array(['a', 'b'] * 20),
+                                       embedding='pca', files=files)
+    m = read_map_csv(str(tmp_path / 'rep2' / 'map.csv'))
+    assert m['file'] == files and m['cluster'] == [str(v) for v in labels]
+    assert m['truth'][:2] == ['a', 'b'] and m['drawn'].all()
+    Y, _, _ = plots.embed_2d(X, 'pca')
+    np.testing.assert_allclose(m['xy'], Y, rtol=1e-3, atol=1e-3)
 
 
 def test_png_name_required(tmp_path):

@@ -10,6 +10,7 @@ from deepcluster.constants import FEATURE_ATTR, LABEL_ATTR, PRECISIONS, SHIPPED_
 from deepcluster.protocols import (ProtDeepClusterClassify, ProtDeepClusterCluster,
                                    ProtDeepClusterEmbed, ProtDeepClusterSimulate,
                                    ProtDeepClusterTrain)
+from deepcluster.protocols.protocol_base import MODEL_TRAINED
 from deepcluster.protocols.protocol_cluster import K_FIXED
 
 N_PER_CLASS = 8
@@ -34,7 +35,7 @@ class TestDeepClusterChain(BaseTest):
                                 learningRate=1e-3, seed=1, useGpu=False)
         _link(train, 'inputSubtomograms', cls.sim, 'subtomograms')
         cls.train = cls.launchProtocol(train)
-        embed = cls.newProtocol(ProtDeepClusterEmbed, useGpu=False)
+        embed = cls.newProtocol(ProtDeepClusterEmbed, useGpu=False, modelSource=MODEL_TRAINED)
         _link(embed, 'inputSubtomograms', cls.sim, 'subtomograms')
         _link(embed, 'inputModel', cls.train, 'model')
         cls.embed = cls.launchProtocol(embed)
@@ -113,7 +114,8 @@ class TestDeepClusterChain(BaseTest):
         self.assertEqual(first.getAcquisition().getAngleMin(), -55)
 
     def test_classify_runs_whole_chain_with_auto_k(self):
-        prot = self.newProtocol(ProtDeepClusterClassify, kMin=2, kMax=6, useGpu=False)   # auto: the default
+        prot = self.newProtocol(ProtDeepClusterClassify, kMin=2, kMax=6, useGpu=False,   # auto: the default
+                                modelSource=MODEL_TRAINED)
         _link(prot, 'inputSubtomograms', self.sim, 'subtomograms')
         _link(prot, 'inputModel', self.train, 'model')
         prot = self.launchProtocol(prot)
@@ -176,26 +178,3 @@ class TestDeepClusterChain(BaseTest):
         quick = self.launchProtocol(quick)
         self.assertIn('Time limit of 0.0001 min reached after 1 of 50 steps.', '\n'.join(quick._summary()))
         self.assertIn('trained for 1 steps', quick._methods()[0])
-
-    def test_viewers_render_headlessly(self):
-        from pyworkflow.viewer import MessageView
-        from deepcluster.viewers import (DeepClusterClassesViewer, DeepClusterEmbedViewer,
-                                         DeepClusterSimulateViewer, DeepClusterTrainViewer)
-        cases = [(DeepClusterSimulateViewer, self.sim, []), (DeepClusterTrainViewer, self.train, []),
-                 (DeepClusterEmbedViewer, self.embed, []),
-                 (DeepClusterClassesViewer, self.cluster, ['showKSelection'])]   # fixed k: no curve
-        out = self.getOutputPath('views')
-        os.makedirs(out, exist_ok=True)
-        for viewerClass, prot, absent in cases:
-            viewer = viewerClass(project=self.proj, protocol=prot)
-            handlers = viewer._getVisualizeDict()
-            self.assertEqual(set(handlers), {name for name, _, _ in viewerClass.FIGURES})
-            for name, label, _ in viewerClass.FIGURES:
-                views = handlers[name]()
-                if name in absent:
-                    self.assertIsInstance(views[0], MessageView)
-                    continue
-                png = os.path.join(out, '%s_%s.png' % (viewerClass.__name__, name))
-                views[0].savefig(png)
-                self.assertGreater(os.path.getsize(png), 5000, (viewerClass.__name__, name))
-                self.assertTrue(os.path.getsize(views[0].png) > 5000)

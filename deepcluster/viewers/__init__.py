@@ -1,3 +1,3 @@
 """Viewers must be importable from here for Scipion to find them."""
-from .viewers import (DeepClusterClassesViewer, DeepClusterEmbedViewer, DeepClusterSimulateViewer,
-                      DeepClusterTrainViewer)
+from .viewers import (DeepClusterClassesGalleryViewer, DeepClusterClassesViewer, DeepClusterEmbedViewer,
+                      DeepClusterSimulateViewer, DeepClusterTrainViewer)

@@ -21,13 +21,17 @@ import math
 import os
 
 import matplotlib
-matplotlib.use('Agg')
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-import numpy as np  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+import numpy as np
 
-from deepcluster.core import DeepClusterError  # noqa: E402
-from deepcluster.core.inference.volumes import atomic_path  # noqa: E402
+from deepcluster.core import DeepClusterError
+from deepcluster.core.inference.volumes import atomic_path
+
+# Never matplotlib.use(): this module is imported inside the Scipion GUI, whose
+# plot windows need its interactive backend. Figures here draw on their own Agg
+# canvas, whatever the backend is.
 
 DPI = 110
 EMBED_MAX_POINTS = 5000   # t-SNE beyond this is slow on CPU and no clearer
@@ -66,11 +70,26 @@ def sorted_labels(values):
     return sorted(uniq, key=str)
 
 
-def _colours(n):
-    """n distinguishable colours (tab10 / tab20, then evenly spaced hues)."""
-    cmap = matplotlib.colormaps['tab10' if n <= 10 else 'tab20' if n <= 20 else 'gist_ncar']
-    if n <= 20:
-        return [cmap(i) for i in range(n)]
+PALETTES = {
+    # clusters: tab10 / tab20; true classes: a different family (Dark2, Paired,
+    # tab20b), so a figure with both never shows one colour for two meanings
+    'cluster': (('tab10', 10), ('tab20', 20)),
+    'truth': (('Dark2', 8), ('Paired', 12), ('tab20b', 20)),
+}
+
+
+# Dark2 with its orange and green last: tab10 (clusters) starts blue, orange, green
+TRUTH_ORDER = (0, 2, 3, 5, 6, 7, 4, 1)
+
+
+def _colours(n, palette='cluster'):
+    """n distinguishable colours from ``palette`` ('cluster' or 'truth'), then evenly spaced hues."""
+    for name, size in PALETTES[palette]:
+        if n <= size:
+            cmap = matplotlib.colormaps[name]
+            order = TRUTH_ORDER if name == 'Dark2' else range(size)
+            return [cmap(i) for i in list(order)[:n]]
+    cmap = matplotlib.colormaps['gist_ncar' if palette == 'cluster' else 'gist_rainbow']
     return [cmap(0.05 + 0.9 * i / max(1, n - 1)) for i in range(n)]
 
 
@@ -117,8 +136,10 @@ def plot_training_curves(png, log_csv, title='Training'):
     has_lr = 'lr' in log and np.isfinite(log['lr']).any()
     fig = _figure(13 if has_lr else 9, 3.8)
     axes = fig.subplots(1, 3 if has_lr else 2)
+    # a short run logs a few rows: without markers a line of one or two points is invisible
+    short = dict(marker='.', ms=6) if len(step) <= 60 else {}
     for ax, key, name in ((axes[0], 'loss', 'loss'), (axes[1], 'acc', 'accuracy')):
-        for col, lab, style in ((key, 'train', dict(lw=1, alpha=0.8)),
+        for col, lab, style in ((key, 'train', dict(lw=1, alpha=0.8, **short)),
                                 ('val_' + key, 'validation', dict(lw=1.8, marker='o', ms=3))):
             if col in log:
                 ok = np.isfinite(log[col])
@@ -127,6 +148,7 @@ def plot_training_curves(png, log_csv, title='Training'):
         ax.set_xlabel('step')
         ax.set_ylabel(name)
         ax.set_title(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend(loc='best')
@@ -135,7 +157,7 @@ def plot_training_curves(png, log_csv, title='Training'):
         axes[1].set_ylim(-0.02, 1.02)   # fractions, not percent
     if has_lr:
         ok = np.isfinite(log['lr'])
-        axes[2].plot(step[ok], log['lr'][ok], color='tab:green', label='learning rate')
+        axes[2].plot(step[ok], log['lr'][ok], color='tab:green', label='learning rate', **short)
         axes[2].set_xlabel('step')
         axes[2].set_ylabel('learning rate')
         axes[2].set_title('learning rate')
@@ -236,7 +258,9 @@ def embed_2d(X, method='tsne', seed=0, max_points=EMBED_MAX_POINTS):
     idx = np.sort(rng.choice(n, max_points, replace=False)) if n > max_points else np.arange(n)
     Xs = X[idx].astype(np.float64)
     method = method.lower()
-    if method == 'tsne' and len(Xs) >= 5:
+    # t-SNE on fewer than 5 distinct rows (e.g. identical ones) has no PCA start and
+    # segfaulted in scikit-learn's Barnes-Hut code: those go to the PCA branch
+    if method == 'tsne' and len(Xs) >= 5 and len(np.unique(Xs, axis=0)) >= 5:
         from sklearn.manifold import TSNE
         perplexity = float(min(30.0, (len(Xs) - 1) / 3.0))
         # one thread for small sets: OpenMP workers spin-wait on a busy machine
@@ -264,9 +288,9 @@ def embed_2d(X, method='tsne', seed=0, max_points=EMBED_MAX_POINTS):
     return Y, idx, desc
 
 
-def _scatter_by(ax, Y, labels, legend_title):
+def _scatter_by(ax, Y, labels, legend_title, palette='cluster'):
     names = sorted_labels(labels)
-    cols = _colours(len(names))
+    cols = _colours(len(names), palette)
     lab = np.asarray(labels)
     s = max(2, min(18, 4000 / max(1, len(Y))))
     for name, c in zip(names, cols):
@@ -282,12 +306,15 @@ def _scatter_by(ax, Y, labels, legend_title):
 
 
 def plot_embedding(png, X, labels, truth=None, method='tsne', seed=0,
-                   max_points=EMBED_MAX_POINTS, title=None):
+                   max_points=EMBED_MAX_POINTS, title=None, legend_title='cluster', coords=None):
     """2-D t-SNE of the features coloured by cluster; a second panel by truth (Fig. 3A/B).
 
     Beyond ``max_points`` items a seeded random subset is embedded (the title says
-    so). ``labels`` (and ``truth``) are the per-item names to show in the legends.
-    ``method='pca'`` is a fast linear alternative.
+    so). ``labels`` (and ``truth``) are the per-item names to show in the legends;
+    ``legend_title`` names what ``labels`` are ('cluster', or 'true class' when
+    only the truth is shown: it then gets the true-class palette).
+    ``method='pca'`` is a fast linear alternative. ``coords``: the
+    ``embed_2d`` result to draw instead of computing it.
     """
     X = np.asarray(X)
     labels = np.asarray(labels)
@@ -295,14 +322,15 @@ def plot_embedding(png, X, labels, truth=None, method='tsne', seed=0,
         raise DeepClusterError('embedding: %d feature rows but %d labels%s'
                                % (len(X), len(labels), '' if truth is None
                                   else ' and %d truth labels' % len(truth)))
-    Y, idx, desc = embed_2d(X, method, seed, max_points)
-    panels = [(labels[idx], 'cluster', 'coloured by cluster')]
+    Y, idx, desc = coords if coords is not None else embed_2d(X, method, seed, max_points)
+    first = 'truth' if legend_title == 'true class' else 'cluster'
+    panels = [(labels[idx], legend_title, 'coloured by %s' % legend_title, first)]
     if truth is not None:
-        panels.append((np.asarray(truth)[idx], 'true class', 'coloured by true class'))
+        panels.append((np.asarray(truth)[idx], 'true class', 'coloured by true class', 'truth'))
     fig = _figure(6.8 * len(panels), 5.4)
-    for p, (lab, legend_title, sub) in enumerate(panels):
+    for p, (lab, leg, sub, palette) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), p + 1)
-        _scatter_by(ax, Y, lab, legend_title)
+        _scatter_by(ax, Y, lab, leg, palette)
         ax.set_title(sub)
         ax.set_xlabel('%s 1' % desc.split(' ')[0])
         ax.set_ylabel('%s 2' % desc.split(' ')[0])
@@ -331,35 +359,55 @@ METRIC_NAMES = {'v_measure': 'V-measure', 'homogeneity': 'homogeneity',
                 'nmi': 'normalised mutual information'}
 
 
-def plot_metrics_vs_k(png, sweep, title='Clustering vs number of clusters', true_k=None):
+def plot_metrics_vs_k(png, sweep, title='Clustering vs number of clusters', true_k=None,
+                      k_used=None):
     """V-measure, homogeneity and completeness (and ARI if present) vs k (Fig. 3C/D).
 
     ``sweep``: list of {'k', 'v_measure', 'homogeneity', 'completeness', ...}
     (what ``evaluation.sweep_k`` returns) or a dict of lists. The best V-measure is
-    marked; ``true_k`` (the number of true classes) is drawn as a dotted line.
+    marked on the V-measure curve (a star, its label in that curve's colour);
+    ``true_k`` (the number of true classes) is drawn as a dotted line, ``k_used``
+    (the k of this run's classes) as a dashed red one.
     """
     cols = _sweep_columns(sweep)
     k = cols['k'].astype(float)
     order = np.argsort(k)
     fig = _figure(7, 4.5)
     ax = fig.add_subplot(1, 1, 1)
-    for key, style in (('v_measure', dict(lw=2.2, marker='o')),
-                       ('homogeneity', dict(lw=1.4, marker='s', ms=4)),
-                       ('completeness', dict(lw=1.4, marker='^', ms=4)),
-                       ('ari', dict(lw=1.0, ls='--', alpha=0.7))):
+    lines = {}
+    for key, style in (('v_measure', dict(lw=2.2, marker='o', color='tab:blue')),
+                       ('homogeneity', dict(lw=1.4, marker='s', ms=4, color='tab:orange')),
+                       ('completeness', dict(lw=1.4, marker='^', ms=4, color='tab:green')),
+                       ('ari', dict(lw=1.0, ls='--', alpha=0.7, color='tab:purple'))):
         if key in cols:
-            ax.plot(k[order], cols[key].astype(float)[order], label=METRIC_NAMES[key], **style)
+            lines[key], = ax.plot(k[order], cols[key].astype(float)[order],
+                                  label=METRIC_NAMES[key], **style)
     if 'v_measure' in cols:
         vm = cols['v_measure'].astype(float)
         b = int(np.nanargmax(vm))
-        ax.annotate('best V=%.2f at k=%d' % (vm[b], k[b]), (k[b], vm[b]),
-                    xytext=(0, 12), textcoords='offset points', ha='center', fontsize=8)
+        colour = lines['v_measure'].get_color()
+        ax.plot([k[b]], [vm[b]], marker='*', ms=14, color=colour, mec='black', mew=0.6,
+                ls='none', zorder=5)
+        # the label sits below the star, away from homogeneity/completeness above it
+        frac = (k[b] - k.min()) / max(1e-9, k.max() - k.min())
+        ax.annotate('best V-measure %.2f (k=%d)' % (vm[b], k[b]), (k[b], vm[b]),
+                    xytext=(8 if frac < 0.3 else -8 if frac > 0.7 else 0, -24),
+                    textcoords='offset points', fontsize=8,
+                    ha='left' if frac < 0.3 else 'right' if frac > 0.7 else 'center',
+                    color=colour, fontweight='bold',
+                    arrowprops=dict(arrowstyle='-', color=colour, lw=0.8))
     if true_k:
         ax.axvline(true_k, color='grey', ls=':', label='true number of classes')
+    if k_used:
+        ax.axvline(k_used, color='tab:red', ls='--', lw=1.2, label='k of these classes (%d)'
+                   % k_used)
     ax.set_xlabel('number of clusters k')
     ax.set_ylabel('score')
     ax.set_ylim(-0.02, 1.12)
-    ax.set_xticks(sorted(set(int(v) for v in k)) if len(k) <= 30 else ax.get_xticks())
+    if len(k) <= 30:
+        ax.set_xticks(sorted(set(int(v) for v in k)))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc='lower right', fontsize=8)
     ax.set_title(title)
@@ -367,12 +415,26 @@ def plot_metrics_vs_k(png, sweep, title='Clustering vs number of clusters', true
     return _save(fig, png)
 
 
+CRITERION_NAMES = {   # core.analysis.k_selection's criteria, in plain words
+    'pca_bic': 'Gaussian-mixture BIC on 4 principal components',
+    'bic': 'Gaussian-mixture BIC',
+    'silhouette': 'silhouette score',
+    'stability': 'stability across subsamples',
+    'calinski_harabasz': 'Calinski-Harabasz score',
+}
+
+
+def criterion_name(name):
+    return CRITERION_NAMES.get(name, str(name).replace('_', ' '))
+
+
 def plot_k_selection(png, curve, title=None):
     """Score curve(s) of the automatic choice of k, with the chosen k marked.
 
     ``curve`` (what ``k_selection.choose_k`` returns): {'method', 'k': [...],
     'scores': {criterion: [...]}, 'chosen': k, 'better': {criterion: 'max'|'min'}}.
-    One panel per criterion; the criterion that decided is named in the title.
+    One panel per criterion, named in plain words (CRITERION_NAMES); the one that
+    chose k says so. k ticks are whole numbers.
     """
     if not isinstance(curve, dict) or 'k' not in curve:
         raise DeepClusterError('k-selection curve needs "k" and "scores"')
@@ -391,14 +453,16 @@ def plot_k_selection(png, curve, title=None):
             ax.axvline(chosen, color='tab:red', ls='--', label='chosen k = %d' % chosen)
             ax.legend(loc='best', fontsize=8)
         better = (curve.get('better') or {}).get(name)
-        ax.set_title('%s%s%s' % (name, ' (higher is better)' if better == 'max' else
-                                 ' (lower is better)' if better == 'min' else '',
-                                 '  [decides]' if name == curve.get('method') else ''),
+        ax.set_title('%s%s%s' % (criterion_name(name), '\n(higher is better' if better == 'max' else
+                                 '\n(lower is better' if better == 'min' else '\n(',
+                                 '; chose k)' if name == curve.get('method') else ')'),
                      fontsize=9)
         ax.set_xlabel('number of clusters k')
-        ax.set_ylabel(name)
+        ax.set_ylabel(criterion_name(name) if len(criterion_name(name)) <= 24 else 'score')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    fig.suptitle(title or 'Choice of k (%s): k = %s' % (curve.get('method', '?'), chosen))
+    fig.suptitle(title or 'Number of classes chosen from the data: k = %s (by %s)'
+                 % (chosen, criterion_name(curve.get('method', '?'))))
     fig.tight_layout()
     return _save(fig, png)
 
@@ -435,11 +499,13 @@ def central_slice(vol, axis=0):
     return np.take(vol, vol.shape[axis] // 2, axis=axis)
 
 
-def plot_gallery(png, slices_by_class, max_per_class=8, title='Central slices per class'):
+def plot_gallery(png, slices_by_class, max_per_class=8,
+                 title='Members nearest each class centre (central XY slice)'):
     """Grid of images: one row per class (its name at the left), its members across.
 
     ``slices_by_class``: {class name: [2-D arrays (or 3-D volumes: central z slice)]}.
-    Each image is contrast-stretched on its own (1st-99th percentile).
+    Each image is contrast-stretched on its own (1st-99th percentile). The row
+    label is the class name and, under it, how many of its members are shown.
     """
     if not slices_by_class:
         raise DeepClusterError('gallery: no classes given')
@@ -461,8 +527,8 @@ def plot_gallery(png, slices_by_class, max_per_class=8, title='Central slices pe
                 ax.imshow(im, cmap='gray', vmin=lo, vmax=hi if hi > lo else lo + 1,
                           interpolation='nearest')
             if c == 0:
-                ax.set_ylabel('%s\n(%d)' % (name, len(slices_by_class[name])), fontsize=8,
-                              rotation=0, ha='right', va='center')
+                ax.set_ylabel('%s\n(%d shown)' % (name, min(ncol, len(slices_by_class[name]))),
+                              fontsize=8, rotation=0, ha='right', va='center')
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, png)
@@ -470,7 +536,7 @@ def plot_gallery(png, slices_by_class, max_per_class=8, title='Central slices pe
 
 # -------------------------------------------------------------------- report
 def write_cluster_report(out_dir, X, labels, truth=None, sweep=None, curve=None, gallery=None,
-                         seed=0, embedding='tsne', true_k=None):
+                         seed=0, embedding='tsne', true_k=None, files=None, k_used=None):
     """Render every figure that applies into ``out_dir``; return the PNG paths.
 
     ``labels``: per-item cluster ids as they should be shown (the CLI passes the
@@ -478,7 +544,10 @@ def write_cluster_report(out_dir, X, labels, truth=None, sweep=None, curve=None,
     ``sweep``: metrics vs k (``evaluation.sweep_k``); ``curve``: the k choice
     (``k_selection.choose_k``); ``gallery``: {class name: [slices]}. Files:
     embedding.png, cluster_sizes.png, contingency.png, metrics_vs_k.png,
-    k_selection.png, gallery.png.
+    k_selection.png, gallery.png; with ``files`` (one per row of X) also map.csv,
+    the 2-D map's coordinates of every item (file,x,y,cluster[,truth],drawn; see
+    embedding_map.write_map_csv), which ``deepcluster select`` reads.
+    ``k_used``: the number of classes, marked on metrics_vs_k.
     """
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -489,12 +558,21 @@ def write_cluster_report(out_dir, X, labels, truth=None, sweep=None, curve=None,
         fn(p, *args, **kw)
         paths.append(p)
 
-    add('embedding.png', plot_embedding, X, labels, truth=truth, method=embedding, seed=seed)
+    coords = embed_2d(X, embedding, seed)
+    add('embedding.png', plot_embedding, X, labels, truth=truth, method=embedding, seed=seed,
+        coords=coords)
+    if files is not None:
+        from deepcluster.core.analysis.embedding_map import place_all, write_map_csv
+        Y, idx, desc = coords
+        p = os.path.join(out_dir, 'map.csv')
+        write_map_csv(p, files, place_all(X, Y, idx), labels, truth=truth, drawn=idx,
+                      method=desc.split(' ')[0])
+        paths.append(p)
     add('cluster_sizes.png', plot_cluster_sizes, labels)
     if truth is not None:
         add('contingency.png', plot_contingency, truth, labels)
     if sweep:
-        add('metrics_vs_k.png', plot_metrics_vs_k, sweep, true_k=true_k)
+        add('metrics_vs_k.png', plot_metrics_vs_k, sweep, true_k=true_k, k_used=k_used)
     if curve:
         add('k_selection.png', plot_k_selection, curve)
     if gallery:
