@@ -28,6 +28,8 @@ setup(
         'mrcfile>=1.4,<=1.4.3',
         'gemmi>=0.6',
         'scikit-learn>=1.2',
+        'openTSNE>=1.0',         # the 2-D map of the viewer and cluster --plots
+        'umap-learn>=0.5',       # the map's UMAP option
         'torch>=2.0',
     ],
     extras_require={'scipion': ['scipion-em', 'scipion-em-tomo']},
