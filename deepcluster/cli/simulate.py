@@ -42,6 +42,10 @@ def add_parser(subparsers):
     p.add_argument('--contrast', choices=('dark', 'bright'), default='dark',
                    help='dark: protein darker than background, as raw cryo-ET (default)')
     p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--tomograms', type=int, nargs=2, default=None, metavar=('PER_TOMOGRAM', 'BINNING'),
+                   help='also place the particles in synthetic tomograms (tomograms/*.mrc, PER_TOMOGRAM '
+                        'particles each, binned BINNING x) and write their coordinates to particles.csv, '
+                        'as an extraction would have them')
     p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'cuda:N' or 'auto'")
     p.set_defaults(func=run_cli)
     return p
@@ -104,6 +108,6 @@ def run_cli(args):
     res = simulate_to_folder(args.out, templates, args.n_per_class, cfg, seed=args.seed,
                              negative=args.negative,
                              membrane_bound=binding_sites(args.membrane_bound, args.mb_site),
-                             device=device, batch_size=args.batch_size)
+                             device=device, batch_size=args.batch_size, tomograms=args.tomograms)
     log.info('wrote %d subtomograms of %d classes to %s in %.1f s', res['n'], len(res['classes']),
              res['out'], res['seconds'])

@@ -9,6 +9,8 @@ import torch
 
 from deepcluster.core import DeepClusterError
 from deepcluster.core.datamodel.simulate import Simulator
+from deepcluster.core.datamodel.tomograms import (TomogramLayout, TomogramWriter, pose_matrices,
+                                                  write_particles)
 from deepcluster.core.inference.volumes import atomic_path, write_labels, write_volume
 
 log = logging.getLogger(__name__)
@@ -55,12 +57,16 @@ def write_montage(path, volumes_by_class, per_class=4):
 
 
 def simulate_to_folder(out, templates, n_per_class, config=None, seed=0, negative=True,
-                       membrane_bound=(), device='cpu', batch_size=64, montage=True):
+                       membrane_bound=(), device='cpu', batch_size=64, montage=True,
+                       tomograms=None):
     """Write ``n_per_class`` subtomograms per class to the folder ``out``:
     ``sub_000000.mrc``... (voxel size in the header; classes interleaved),
     ``labels.csv`` (file,label = class name), ``montage.png`` and
     ``templates/<class>.mrc`` (each structure as simulated: the record of what
-    the labels mean). The folder
+    the labels mean), ``particles.csv`` (each file's true pose, Scipion's
+    convention: ``tomograms.py``) and, given ``tomograms`` = (particles per
+    tomogram, binning), ``tomograms/tomo_NNN.mrc`` with the particles placed in
+    them and their coordinates in particles.csv. The folder
     appears atomically (nothing on error). Same seed (and batch size, device)
     -> byte-identical volumes. Returns a summary dict."""
     if int(n_per_class) < 1:
@@ -70,17 +76,23 @@ def simulate_to_folder(out, templates, n_per_class, config=None, seed=0, negativ
     total = len(names) * int(n_per_class)
     labels = torch.arange(total) % len(names)
     gen = torch.Generator(device=sim.device).manual_seed(int(seed))
-    files, examples = [], {nm: [] for nm in names}
+    files, examples, poses = [], {nm: [] for nm in names}, []
+    layout = TomogramLayout(total, cfg.box, cfg.voxel_size, *tomograms) if tomograms else None
     t0 = last = time.time()
     with atomic_path(out) as tmp:
         os.makedirs(tmp)
+        placer = TomogramWriter(layout, os.path.join(tmp, 'tomograms')) if layout else None
         for start in range(0, total, batch_size):
             lab = labels[start:start + batch_size]
             vols = sim.batch(lab.to(sim.device), gen).cpu().numpy()
+            rot, shift = sim.last_poses
+            poses.append(pose_matrices(rot.cpu().numpy(), shift.cpu().numpy()))
             for i, (v, c) in enumerate(zip(vols, lab.tolist())):
                 fn = 'sub_%06d.mrc' % (start + i)
                 write_volume(os.path.join(tmp, fn), v, cfg.voxel_size, atomic=False)   # the folder is atomic
                 files.append(fn)
+                if placer:
+                    placer.add(start + i, v)
                 if len(examples[names[c]]) < 4:
                     examples[names[c]].append(v)
             done = start + len(lab)
@@ -90,10 +102,14 @@ def simulate_to_folder(out, templates, n_per_class, config=None, seed=0, negativ
                          (total - done) / rate)
                 last = time.time()
         write_labels(os.path.join(tmp, 'labels.csv'), files, [names[c] for c in labels.tolist()])
+        if placer:
+            placer.close()
+        write_particles(os.path.join(tmp, 'particles.csv'), files, np.concatenate(poses), layout)
         os.makedirs(os.path.join(tmp, 'templates'))
         for t in templates:
             write_volume(os.path.join(tmp, 'templates', t.name + '.mrc'), t.density, t.voxel_size,
                          atomic=False)
         if montage:
             write_montage(os.path.join(tmp, 'montage.png'), examples)
-    return dict(out=os.path.abspath(out), n=total, classes=names, seconds=time.time() - t0)
+    return dict(out=os.path.abspath(out), n=total, classes=names, seconds=time.time() - t0,
+                tomograms=layout.n_tomograms if layout else 0)
