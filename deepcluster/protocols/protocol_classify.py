@@ -1,16 +1,20 @@
 """deepcluster - classify: embed + cluster in one go, with the shipped model."""
+import os
 from enum import Enum
 
-from tomo.objects import SetOfClassesSubTomograms, SetOfSubTomograms
+import numpy as np
+from tomo.objects import SetOfAverageSubTomograms, SetOfClassesSubTomograms, SetOfSubTomograms
 
 from ..objects import DeepClusterModel
+from ..constants import LABEL_ATTR
 from .protocol_cluster import ProtDeepClusterCluster
 from .protocol_embed import ProtDeepClusterEmbed
 
 
 class ClassifyOutputs(Enum):
-    subtomograms = SetOfSubTomograms
+    subtomograms = SetOfSubTomograms        # the input's items with features and class id
     classes = SetOfClassesSubTomograms
+    averages = SetOfAverageSubTomograms     # when the items carry an alignment
     adaptedModel = DeepClusterModel
 
 
@@ -37,13 +41,30 @@ class ProtDeepClusterClassify(ProtDeepClusterCluster, ProtDeepClusterEmbed):
         self._insertFunctionStep(self.createOutputStep)
 
     def createEmbeddedStep(self):
-        out = self._embeddedSet()
-        self._defineOutputs(**{ClassifyOutputs.subtomograms.name: out})
-        self._defineSourceRelation(self.inputSubtomograms, out)
+        # the subtomograms (features + class id on each item) are registered with the
+        # classes by createOutputStep: one copy of the set, written once
         self._defineAdaptedModel()
 
     def _featuresSet(self):
-        return getattr(self, ClassifyOutputs.subtomograms.name)
+        return self.inputSubtomograms.get()
+
+    def writeFeaturesStep(self):
+        """The cluster step reads embed's features.npy (+ its features.csv) as is;
+        only the ground truth, if any, is written here (one pass over the set)."""
+        os.makedirs(self._clusterDir(), exist_ok=True)
+        with open(self._getExtraPath('subtomograms.txt')) as f:
+            paths = [line for line in f.read().splitlines() if line]
+        labels = []
+        for item in self.inputSubtomograms.get().iterItems(orderBy='id'):
+            label = getattr(item, LABEL_ATTR, None)
+            labels.append(label.get() if label is not None else None)
+        self._writeRowFiles(paths, labels)
+
+    def _clusterFeaturesFn(self):
+        return self._featuresFn()
+
+    def _outputFeatures(self):
+        return np.load(self._featuresFn())
 
     def _validate(self):
         errors = ProtDeepClusterEmbed._validate(self)
@@ -53,7 +74,7 @@ class ProtDeepClusterClassify(ProtDeepClusterCluster, ProtDeepClusterEmbed):
         return errors
 
     def _summary(self):
-        return ProtDeepClusterCluster._summary(self) + self._adaptSummary()
+        return ProtDeepClusterCluster._summary(self) + self._adaptSummary() + self._modelSummary()
 
     def _methods(self):
         return ProtDeepClusterEmbed._methods(self) + ProtDeepClusterCluster._methods(self)

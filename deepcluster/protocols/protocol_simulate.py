@@ -6,8 +6,10 @@ from enum import Enum
 
 import pyworkflow.object as pwobj
 import pyworkflow.protocol.params as params
-from pwem.objects import SetOfVolumes, Volume
-from tomo.objects import SetOfSubTomograms, SubTomogram, TomoAcquisition
+from pwem.objects import SetOfVolumes, Transform, Volume
+from tomo.constants import BOTTOM_LEFT_CORNER
+from tomo.objects import (Coordinate3D, SetOfCoordinates3D, SetOfSubTomograms, SetOfTomograms,
+                          SubTomogram, Tomogram, TomoAcquisition)
 
 from ..constants import LABEL_ATTR
 from .protocol_base import ProtDeepClusterBase
@@ -16,6 +18,8 @@ from .protocol_base import ProtDeepClusterBase
 class SimulateOutputs(Enum):
     subtomograms = SetOfSubTomograms
     templates = SetOfVolumes
+    tomograms = SetOfTomograms
+    coordinates = SetOfCoordinates3D
 
 
 class ProtDeepClusterSimulate(ProtDeepClusterBase):
@@ -58,6 +62,16 @@ class ProtDeepClusterSimulate(ProtDeepClusterBase):
                                               'the shipped model\'s training data).')
         line.addParam('snrMin', params.FloatParam, default=0.0, label='min (0: 0.1)')
         line.addParam('snrMax', params.FloatParam, default=0.0, label='max (0: 1.5)')
+        line = form.addLine('Tomograms',
+                            help='The particles are also placed in synthetic tomograms (their boxes '
+                                 'side by side in a slab, binned), so the output is what an '
+                                 'extraction registers: tomograms, 3D coordinates with their tomogram '
+                                 'id, and subtomograms with coordinate, tomogram name and true pose '
+                                 '(transform), ready for averaging protocols.')
+        line.addParam('perTomogram', params.IntParam, default=200, validators=[params.GE(1)],
+                      label='particles each')
+        line.addParam('tomoBinning', params.IntParam, default=2, validators=[params.GE(1)],
+                      label='binning')
         form.addParam('seed', params.IntParam, default=0, label='Random seed',
                       help='Same seed, same inputs: identical subtomograms (default 0). Change '
                            'it for a new, independent sample.')
@@ -79,7 +93,8 @@ class ProtDeepClusterSimulate(ProtDeepClusterBase):
         args = ['--out', self._outDir(), '--n-per-class', self.nPerClass.get(),
                 '--box', self.boxSize.get(), '--voxel-size', self.samplingRate.get(),
                 '--tilt-range', self.tiltMin.get(), self.tiltMax.get(),
-                '--seed', self.seed.get()]
+                '--seed', self.seed.get(),
+                '--tomograms', self.perTomogram.get(), self.tomoBinning.get()]
         args += self.structureArgs()
         if not self.negative.get():
             args += ['--no-negative']
@@ -88,30 +103,76 @@ class ProtDeepClusterSimulate(ProtDeepClusterBase):
         self.runDeepCluster('simulate', args + self._deviceArgs())
 
     def createOutputStep(self):
+        from deepcluster.core.datamodel.tomograms import read_particles
         outDir = self._outDir()
+        sr, box, binning = self.samplingRate.get(), self.boxSize.get(), self.tomoBinning.get()
         acq = self._acquisition()
+        particles = read_particles(os.path.join(outDir, 'particles.csv'))
+        # tomograms, in name order (tomo_000...)
+        tomograms = self._createSetOfTomograms()
+        tomograms.setSamplingRate(sr * binning)
+        tomograms.setAcquisition(acq)
+        tomoOf, offsets = {}, {}
+        for fn in sorted(glob.glob(os.path.join(outDir, 'tomograms', '*.mrc'))):
+            tomo = Tomogram(location=fn)
+            tsId = os.path.splitext(os.path.basename(fn))[0]
+            tomo.setTsId(tsId)
+            tomo.setSamplingRate(sr * binning)
+            tomo.setAcquisition(acq.clone())
+            tomo.setOrigin()                         # the centre: Scipion's default
+            tomograms.append(tomo)
+            tomoOf[tsId] = tomo.clone()
+            probe = Coordinate3D()
+            probe.setVolume(tomoOf[tsId])
+            offsets[tsId] = [probe._getOffset(d, BOTTOM_LEFT_CORNER) for d in range(3)]
+        tomograms.write()
+        coords = self._createSetOfCoordinates3D(tomograms)
+        coords.setSamplingRate(sr * binning)
+        coords.setBoxSize(box // binning)
         subtomos = self._createSetOfSubTomograms()
-        subtomos.setSamplingRate(self.samplingRate.get())
+        subtomos.setSamplingRate(sr)
         subtomos.setAcquisition(acq)
         with open(os.path.join(outDir, 'labels.csv'), newline='') as f:
-            for row in csv.DictReader(f):
-                st = SubTomogram()
-                st.setLocation(os.path.join(outDir, row['file']))
-                st.setSamplingRate(self.samplingRate.get())
-                st.setAcquisition(acq.clone())
-                setattr(st, LABEL_ATTR, pwobj.String(row['label']))
-                subtomos.append(st)
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            part = particles[row['file']]
+            tsId, (x, y, z) = part['tomogram'], part['xyz']
+            tomo, off = tomoOf[tsId], offsets[tsId]
+            coord = Coordinate3D()
+            coord.setVolume(tomo)
+            coord.setTomoId(tsId)
+            coord._x.set(x + off[0])                 # = setX(x, BOTTOM_LEFT_CORNER), without
+            coord._y.set(y + off[1])                 # reading the tomogram's header each time
+            coord._z.set(z + off[2])
+            coord.setMatrix(part['matrix'])
+            coord.setBoxSize(box // binning)
+            coords.append(coord)
+            st = SubTomogram()
+            st.setLocation(os.path.join(outDir, row['file']))
+            st.setSamplingRate(sr)
+            st.setAcquisition(acq)
+            st.setCoordinate3D(coord)
+            st.setVolId(tomo.getObjId())
+            st.setVolName(tomo.getFileName())
+            st.setTransform(Transform(part['matrix']))
+            setattr(st, LABEL_ATTR, pwobj.String(row['label']))
+            subtomos.append(st)
+        subtomos.setCoordinates3D(coords)
         templates = self._createSetOfVolumes()
-        templates.setSamplingRate(self.samplingRate.get())
+        templates.setSamplingRate(sr)
         for fn in sorted(glob.glob(os.path.join(outDir, 'templates', '*.mrc'))):
             vol = Volume(location=fn)
-            vol.setSamplingRate(self.samplingRate.get())
+            vol.setSamplingRate(sr)
             vol.setObjLabel(os.path.splitext(os.path.basename(fn))[0])
             templates.append(vol)
-        self._defineOutputs(**{SimulateOutputs.subtomograms.name: subtomos,
+        self._defineOutputs(**{SimulateOutputs.tomograms.name: tomograms,
+                               SimulateOutputs.coordinates.name: coords,
+                               SimulateOutputs.subtomograms.name: subtomos,
                                SimulateOutputs.templates.name: templates})
         if self.inputVolumes.hasValue():
             self._defineSourceRelation(self.inputVolumes, subtomos)
+        self._defineSourceRelation(tomograms, coords)
+        self._defineSourceRelation(coords, subtomos)
 
     # ------------------------------------------------------------------ helpers
     def _acquisition(self):
@@ -134,6 +195,9 @@ class ProtDeepClusterSimulate(ProtDeepClusterBase):
             errors.append('Tilt range must satisfy -90 <= min < max <= 90.')
         if (self.snrMin.get() > 0) != (self.snrMax.get() > 0) or self.snrMin.get() > self.snrMax.get():
             errors.append('SNR range: give both min and max (min <= max), or leave both 0.')
+        if not 1 <= self.tomoBinning.get() <= self.boxSize.get() // 4:
+            errors.append('Tomogram binning must be within 1 and box size / 4 (%d).'
+                          % (self.boxSize.get() // 4))
         return errors
 
     def _summary(self):
@@ -141,9 +205,15 @@ class ProtDeepClusterSimulate(ProtDeepClusterBase):
             return ['Simulation not finished yet.']
         subtomos = getattr(self, SimulateOutputs.subtomograms.name)
         labels = sorted({getattr(st, LABEL_ATTR).get() for st in subtomos})
-        return ['%d subtomograms, %d classes (%s), box %d px at %.2f A/px, tilt %g..%g deg.'
-                % (subtomos.getSize(), len(labels), ', '.join(labels), self.boxSize.get(),
-                   self.samplingRate.get(), self.tiltMin.get(), self.tiltMax.get())]
+        lines = ['%d subtomograms, %d classes (%s), box %d px at %.2f A/px, tilt %g..%g deg.'
+                 % (subtomos.getSize(), len(labels), ', '.join(labels), self.boxSize.get(),
+                    self.samplingRate.get(), self.tiltMin.get(), self.tiltMax.get())]
+        tomos = getattr(self, SimulateOutputs.tomograms.name, None)
+        if tomos is not None:
+            lines.append('Placed in %d synthetic tomograms (binned %dx, %.2f A/px) with their 3D '
+                         'coordinates; each subtomogram carries its true pose as its transform.'
+                         % (tomos.getSize(), self.tomoBinning.get(), tomos.getSamplingRate()))
+        return lines
 
     def _methods(self):
         return ['%d synthetic subtomograms per class (box %d px, %.2f A/px) were simulated with '
