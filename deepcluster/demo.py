@@ -18,6 +18,25 @@ from deepcluster import headless
 PROJECT = 'deepcluster_demo'
 
 
+def use_tomography_view(project):
+    """Open the project on the Tomography protocol tree, where the deepcluster
+    protocols are (pwem's default is the SPA view): the project settings keep
+    the chosen view."""
+    project.getSettings().setProtocolView('Tomography')
+    project.saveSettings()
+
+
+def gui_command(project_name):
+    """The shell command that opens the project in the Scipion GUI, as it must be
+    typed: this environment's variables and the ``scipion`` launcher beside the
+    running Python (pip installs it as ``scipion``, not ``scipion3``)."""
+    import shlex
+    launcher = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), 'scipion')
+    env = ' '.join('%s=%s' % (k, shlex.quote(os.environ[k]))
+                   for k in ('SCIPION_HOME', 'SCIPION_USER_DATA') if os.environ.get(k))
+    return '%s %s project %s' % (env, shlex.quote(launcher), shlex.quote(project_name))
+
+
 def _launch(project, prot, title):
     t0 = time.time()
     print('[demo] %-28s ...' % title, flush=True)
@@ -42,6 +61,7 @@ def run_demo(args):
     if manager.hasProject(args.project):
         manager.deleteProject(args.project)
     project = manager.createProject(args.project)
+    use_tomography_view(project)
     cwd = os.getcwd()
     os.chdir(project.path)          # pyworkflow resolves run paths from the project folder
     try:
@@ -106,8 +126,8 @@ def _run_chain(args, project, report, structures, t0):
     os.replace(tmp, report)
     print('\n'.join(summary))
     print('\nReport (figures, metrics.json, summary.txt): %s' % report)
-    print('Scipion project: %s\n  open it in the GUI with: scipion3 project %s   '
-          '(SCIPION_USER_DATA=%s)' % (project.getPath(), args.project, os.environ['SCIPION_USER_DATA']))
+    print('Scipion project: %s\n  open it in the GUI with:\n    %s'
+          % (project.getPath(), gui_command(args.project)))
 
 
 if __name__ == '__main__':
