@@ -14,6 +14,7 @@ import sys
 import time
 
 from deepcluster import headless
+from deepcluster.core import DeepClusterError
 
 PROJECT = 'deepcluster_demo'
 
@@ -43,14 +44,39 @@ def _launch(project, prot, title):
     project.launchProtocol(prot, wait=True)
     prot = project.getProtocol(prot.getObjId())
     if prot.isFailed():
-        log = prot.getLogPaths()[0] if prot.getLogPaths() else ''
-        tail = open(log).read()[-3000:] if log and os.path.exists(log) else ''
-        raise SystemExit('[demo] %s failed: %s\n%s' % (title, prot.getErrorMessage(), tail))
+        raise DeepClusterError('demo: %s failed: %s' % (title, _failure_cause(prot)))
     print('[demo] %-28s done in %.1f s' % (title, time.time() - t0), flush=True)
     return prot
 
 
+def _failure_cause(prot):
+    """The line that says why a protocol failed: the CLI's 'error: ...' line in
+    run.stderr (or run.stdout), else the last line of a traceback, else the
+    protocol's message; with the log's path, so nothing hides in run.stderr."""
+    logs = [p for p in prot.getLogPaths()[:2] if p and os.path.isfile(p)]
+    for log in reversed(logs):                   # stderr first
+        with open(log, errors='replace') as f:
+            lines = [ln.strip() for ln in f.read()[-20000:].splitlines() if ln.strip()]
+        hits = [ln for ln in lines if ln.startswith('error:')] or \
+            [ln for ln in lines if 'Error' in ln.split(':')[0]]
+        if hits:
+            return '%s (log: %s)' % (hits[-1], log)
+    return '%s (logs: %s)' % (prot.getErrorMessage(), ', '.join(logs) or 'none')
+
+
+def is_demo_report(path):
+    """A report folder of a demo from before reports were stamped."""
+    try:
+        names = set(os.listdir(path))
+    except OSError:
+        return False
+    return {'summary.txt', 'metrics.json'} <= names
+
+
 def run_demo(args):
+    from deepcluster.core.outputs import check_out_path, claim_output
+    check_out_path(args.out)
+    claim_output(args.out, 'demo', ours=is_demo_report, folder=True)   # before minutes of work
     headless.configure()
     from pyworkflow.project import Manager
     logging.getLogger().setLevel(logging.WARNING)   # pyworkflow's per-run chatter; runs keep their logs
@@ -102,9 +128,18 @@ def _run_chain(args, project, report, structures, t0):
     sel.inputClasses.setExtended('classes')
     sel = _launch(project, sel, 'select the 2 biggest classes')
 
-    tmp = report + '.tmp'
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(clu._getExtraPath('plots'), tmp)
+    from deepcluster.core.outputs import claim_output, output_folder
+    claim_output(report, 'demo', ours=is_demo_report, folder=True)
+    with output_folder(report, 'demo') as tmp:      # built whole, renamed as a unit
+        _write_report(tmp, args, project, sim, emb, clu, sel, subtomos, n_classes, structures, t0)
+    print('\nReport (figures, metrics.json, summary.txt): %s' % report)
+    print('Scipion project: %s\n  open it in the GUI with:\n    %s'
+          % (project.getPath(), gui_command(args.project)))
+
+
+def _write_report(tmp, args, project, sim, emb, clu, sel, subtomos, n_classes, structures, t0):
+    shutil.copytree(clu._getExtraPath('plots'), tmp, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns('.*'))      # not the plots' own stamp
     for fn in ('simulated/montage.png',):
         src = sim._getExtraPath(fn)
         if os.path.exists(src):
@@ -122,12 +157,7 @@ def _run_chain(args, project, report, structures, t0):
                                  'Total time: %.0f s' % (time.time() - t0)]
     with open(os.path.join(tmp, 'summary.txt'), 'w') as f:
         f.write('\n'.join(summary) + '\n')
-    shutil.rmtree(report, ignore_errors=True)
-    os.replace(tmp, report)
     print('\n'.join(summary))
-    print('\nReport (figures, metrics.json, summary.txt): %s' % report)
-    print('Scipion project: %s\n  open it in the GUI with:\n    %s'
-          % (project.getPath(), gui_command(args.project)))
 
 
 if __name__ == '__main__':

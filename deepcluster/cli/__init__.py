@@ -3,12 +3,15 @@
 One module per command in this package, each a thin parser over the library in
 ``deepcluster.core``: it exposes ``add_parser(subparsers)``, which registers the
 command and sets ``func(args)``.
-User errors (DeepClusterError) are printed as one line, exit status 2.
+User errors (DeepClusterError; OSError as a last resort) are printed as one line,
+exit status 2; SIGTERM unwinds like an error, so the run's temporaries go.
 """
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from deepcluster.core import DeepClusterError
 
@@ -39,12 +42,32 @@ def main(argv=None):
     if not getattr(args, 'func', None):
         parser.print_help()
         return 0
+    for stream in (sys.stdout, sys.stderr):     # odd bytes in a path never kill the log
+        if hasattr(stream, 'reconfigure'):
+            stream.reconfigure(errors='backslashreplace')
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)   # unwind: temporaries are removed
     try:
         args.func(args)
     except DeepClusterError as e:
-        print('error: %s' % e, file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         sys.exit(130)
+    except MemoryError:
+        _fail('out of memory; try a smaller --batch-size (or fewer/smaller inputs)')
+    except OSError as e:         # last resort: the specific checks name the flag first
+        from deepcluster.core.outputs import user_error
+        _fail(str(user_error(e)))
     return 0
+
+
+def _fail(msg):
+    """One line, exit status 2: an error the user can fix."""
+    print('error: %s' % ' '.join(str(msg).split()), file=sys.stderr)
+    sys.exit(2)
+
+
+def _terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(143)

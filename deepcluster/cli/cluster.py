@@ -6,16 +6,26 @@ import numpy as np
 
 from deepcluster.core import DeepClusterError
 from deepcluster.core.analysis.cluster import METHODS, N_INIT, check_k, class_representatives, cluster_features
-from deepcluster.core.analysis.cluster_files import gallery, match_truth, write_cluster_outputs
+from deepcluster.core.analysis.cluster_files import (claim_cluster_outputs, cluster_json_path, gallery,
+                                                     match_truth, write_cluster_outputs)
+from deepcluster.core.checks import check_number, check_seed
 from deepcluster.core.analysis.evaluation import SWEEP_SAMPLE, evaluate, sweep_k
 from deepcluster.core.analysis.k_selection import DEFAULT_K_CRITERION, K_CRITERIA, choose_k
-from deepcluster.core.inference.features import load_features
+from deepcluster.core.inference.features import find_features_csv, load_features
+from deepcluster.core.outputs import refuse_overlap
 
 log = logging.getLogger(__name__)
 
 
 def run(args):
+    out, _, plots_dir = claim_cluster_outputs(args.out, args.plots)
+    refuse_overlap([('--out', out), ('--out (its .json)', cluster_json_path(out)), ('--plots', plots_dir)],
+                   [('FEATURES', args.features), ('FEATURES (its .csv)', find_features_csv(args.features)),
+                    ('--truth', args.truth)])
     X, files = load_features(args.features)
+    if args.method == 'hdbscan' and len(X) < 5:
+        raise DeepClusterError('%s: %d items; hdbscan needs at least 5 (use --method kmeans)'
+                               % (args.features, len(X)))
     truth = None
     if args.truth:
         truth = match_truth(files, args.truth)
@@ -60,6 +70,7 @@ def run(args):
         m = summary['metrics']
         log.info('V-measure %.3f (homogeneity %.3f, completeness %.3f), ARI %.3f on %d items',
                  m['v_measure'], m['homogeneity'], m['completeness'], m['ari'], m['n'])
+    write_plots = None
     if args.plots:
         from deepcluster.core.analysis import plots
         log.info('figures into %s%s', args.plots, ' (t-SNE of up to %d items: a minute or two on '
@@ -67,11 +78,14 @@ def run(args):
         t_all = None
         if truth is not None:
             t_all = np.array([t if t is not None else '(no label)' for t in truth])
-        summary['plots'] = plots.write_cluster_report(
-            args.plots, X, labels + 1, truth=t_all, sweep=sweep, curve=curve, seed=args.seed,
-            gallery=gallery(files, labels, dist),
-            embedding=args.embedding, true_k=len(set(t_sel.tolist())) if truth is not None else None)
-    js = write_cluster_outputs(args.out, files, labels, dist, summary)
+
+        def write_plots(folder):      # into the temp folder committed with labels.csv
+            return plots.write_cluster_report(
+                folder, X, labels + 1, truth=t_all, sweep=sweep, curve=curve, seed=args.seed,
+                gallery=gallery(files, labels, dist),
+                embedding=args.embedding, true_k=len(set(t_sel.tolist())) if truth is not None else None,
+                files=files, k_used=info['k'])
+    js = write_cluster_outputs(out, files, labels, dist, summary, plots=plots_dir, write_plots=write_plots)
     log.info('wrote %s and %s (%d clusters, sizes %s)', args.out, js, info['k'], info['sizes'])
     return summary
 
@@ -118,8 +132,10 @@ def add_parser(subparsers):
 
     def func(args):
         args.k = _k_arg(args.k)
-        if args.n_init < 1:
-            raise DeepClusterError('--n-init %d: must be at least 1' % args.n_init)
+        check_number('--n-init', args.n_init, 1, 1000, integer=True)
+        check_seed('--seed', args.seed)
+        for v in args.k_range:
+            check_number('--k-range', v, 1, 10 ** 5, integer=True)
         run(args)
     p.set_defaults(func=func)
     return p

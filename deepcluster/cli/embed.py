@@ -6,12 +6,16 @@ import time
 from deepcluster.core import DeepClusterError
 from deepcluster.core.device import PRECISIONS
 from deepcluster.core.inference.embed import CONTRAST_SAMPLE, CONTRASTS, DEFAULT_BATCH, embed_files
-from deepcluster.core.inference.features import features_csv_path
+from deepcluster.core.checks import check_number
+from deepcluster.core.inference.features import claim_features_output, features_csv_path
+from deepcluster.core.inference.volumes import VOXEL_RANGE, list_volume_files
+from deepcluster.core.outputs import refuse_overlap
 from deepcluster.core.inference.adapt import (DEFAULT_MINUTES as ADAPT_MINUTES, DEFAULT_MODE as ADAPT_DEFAULT,
                                               DEFAULT_STEPS as ADAPT_STEPS, MIN_SUBTOMOGRAMS as ADAPT_MIN,
                                               MODES as ADAPT_MODES)
 
 log = logging.getLogger(__name__)
+MAX_THREADS = 1024
 
 
 def add_parser(subparsers):
@@ -66,10 +70,14 @@ def add_parser(subparsers):
 
 
 def _run(args):
-    if args.voxel_size is not None and not args.voxel_size > 0:
-        raise DeepClusterError('--voxel-size must be positive, got %g' % args.voxel_size)
-    if args.threads < 0:
-        raise DeepClusterError('--threads must be 0 (one per core) or more, got %d' % args.threads)
+    check_number('--voxel-size', args.voxel_size, *VOXEL_RANGE, none_ok=True)
+    check_number('--threads', args.threads, 0, MAX_THREADS, integer=True)   # 1e5 threads segfault torch
+    check_number('--batch-size', args.batch_size, 1, 4096, integer=True)
+    out = claim_features_output(args.out)          # before the work: refuse early
+    files = list_volume_files(args.inputs)
+    refuse_overlap([('--out', out), ('--out (its .csv)', features_csv_path(out))],
+                   [('INPUT', p) for p in list(args.inputs) + files] + [('--model', args.model)])
+    args.inputs = files
     if not args.adapt_minutes > 0:
         raise DeepClusterError('--adapt-minutes must be positive, got %g' % args.adapt_minutes)
     if args.adapt_steps is not None and args.adapt_steps < 1:

@@ -5,7 +5,12 @@ import logging
 
 from deepcluster.core import DeepClusterError
 from deepcluster.core.datamodel.simulate import SCENES, SimulationConfig
-from deepcluster.core.datamodel.simulated_set import simulate_to_folder
+from deepcluster.core.datamodel.simulated_set import is_simulated_folder, simulate_to_folder
+from deepcluster.core.checks import check_number, check_seed
+from deepcluster.core.inference.volumes import VOXEL_RANGE
+from deepcluster.core.outputs import check_out_path, claim_output, refuse_overlap
+
+MAX_BOX = 256      # voxels: a batch of 256^3 boxes is already gigabytes
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +89,30 @@ def binding_sites(names, site_args):
     return sites
 
 
+def check_simulate_args(args):
+    """Every number in range before anything runs (core.checks)."""
+    check_number('--box', args.box, 16, MAX_BOX, integer=True)
+    check_number('--voxel-size', args.voxel_size, *VOXEL_RANGE)
+    for v in args.tilt_range:
+        check_number('--tilt-range', v, -90, 90)
+    if args.snr is not None:
+        for v in args.snr:
+            check_number('--snr', v, 0, 1e6, lo_open=True)
+    check_number('--mb-random-side', args.mb_random_side, 0, 1)
+    check_number('--n-per-class', args.n_per_class, 1, 10 ** 6, integer=True)
+    check_number('--procedural', args.procedural, 0, 1000, integer=True)
+    check_number('--batch-size', args.batch_size, 1, 4096, integer=True)
+    check_seed('--seed', args.seed)
+    for v in args.tomograms or ():
+        check_number('--tomograms', v, 1, 10 ** 5, integer=True)
+
+
 def run_cli(args):
     from deepcluster.core.datamodel.structures import templates_for
     from deepcluster.core.device import pick_device
-    if not 0 <= args.mb_random_side <= 1:
-        raise DeepClusterError('--mb-random-side %g: must be within 0 and 1' % args.mb_random_side)
+    check_simulate_args(args)
+    refuse_overlap([('--out', check_out_path(args.out))], [('--structures', s) for s in args.structures])
+    claim_output(args.out, 'simulate', ours=is_simulated_folder, folder=True)
     cfg = SimulationConfig.for_scene(args.scene or 'classic', box=args.box, voxel_size=args.voxel_size,
                                      tilt_range=tuple(args.tilt_range), contrast=args.contrast,
                                      mb_random_side=args.mb_random_side)

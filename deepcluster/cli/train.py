@@ -8,6 +8,10 @@ from deepcluster.core.device import pick_device
 from deepcluster.core.model.network import ARCHITECTURES, DEFAULT_ARCH
 from deepcluster.cli.simulate import add_scene_arguments, binding_sites
 from deepcluster.core.model.train import train
+from deepcluster.core.checks import check_number, check_seed
+from deepcluster.core.inference.volumes import VOXEL_RANGE
+
+MAX_BOX = 256
 
 
 def add_parser(subparsers):
@@ -107,6 +111,45 @@ def parse_args(argv):
     return finalise_args(args)
 
 
+def check_train_args(args):
+    """Every number in range before anything runs (core.checks): NaN, inf, 0 or a
+    huge value get one line naming the flag."""
+    c = check_number
+    c('--box', args.box, 8, MAX_BOX, integer=True, none_ok=True)
+    if args.box is not None and args.box % 4:
+        raise DeepClusterError('--box %d: must be divisible by 4' % args.box)
+    c('--voxel-size', args.voxel_size, *VOXEL_RANGE, none_ok=True)
+    c('--data-voxel-size', args.data_voxel_size, *VOXEL_RANGE, none_ok=True)
+    c('--procedural', args.procedural, 0, 1000, integer=True)
+    for v in args.snr or ():
+        c('--snr', v, 0, 1e6, lo_open=True)
+    for v in args.tilt_range or ():
+        c('--tilt-range', v, -90, 90)
+    c('--bandlimit-probability', args.bandlimit_probability, 0, 1)
+    c('--max-shift', args.max_shift, 0, MAX_BOX, none_ok=True)
+    c('--sim-chunk', args.sim_chunk, 1, 1024, integer=True, none_ok=True)
+    c('--val-fraction', args.val_fraction, 0, 0.99)
+    c('--val-per-class', args.val_per_class, 1, 10 ** 5, integer=True)
+    c('--max-memory-gb', args.max_memory_gb, 0, 1e6)
+    for v in args.widths or ():
+        c('--widths', v, 1, 4096, integer=True)
+    c('--hidden', args.hidden, 1, 65536, integer=True, none_ok=True)
+    c('--steps', args.steps, 1, 10 ** 9, integer=True)
+    c('--batch-size', args.batch_size, 1, 4096, integer=True)
+    c('--lr', args.lr, 0, 10, lo_open=True)
+    c('--beta1', args.beta1, 0, 0.999999)
+    c('--beta2', args.beta2, 0, 0.999999)
+    c('--weight-decay', args.weight_decay, 0, 10)
+    c('--warmup-steps', args.warmup_steps, 0, 10 ** 9, integer=True)
+    c('--clip-grad', args.clip_grad, 0, 1e6)
+    c('--label-smoothing', args.label_smoothing, 0, 0.99)
+    check_seed('--seed', args.seed)
+    c('--max-minutes', args.max_minutes, 0, 1e7, lo_open=True, none_ok=True)
+    c('--val-every', args.val_every, 1, 10 ** 9, integer=True)
+    c('--checkpoint-every', args.checkpoint_every, 0, 10 ** 9, integer=True)
+    c('--log-seconds', args.log_seconds, 0, 1e6)
+
+
 def finalise_args(args):
     args.argv = getattr(args, 'argv', None) or sys.argv[2:]
     if args.data and (args.structures or args.procedural):
@@ -114,9 +157,10 @@ def finalise_args(args):
     if args.data and (args.scene or args.mb_site):
         raise DeepClusterError('--scene and --mb-site describe simulated data: not with --data')
     args.mb_sites = binding_sites(args.membrane_bound, args.mb_site)
+    check_train_args(args)
     if not args.data:
-        args.box = args.box or 40
-        args.voxel_size = args.voxel_size or 10.0
+        args.box = 40 if args.box is None else args.box         # 0 is refused above, not a default
+        args.voxel_size = 10.0 if args.voxel_size is None else args.voxel_size
         if args.max_shift is not None and not 0 <= args.max_shift < args.box / 4:
             raise DeepClusterError('--max-shift %g: must be within 0 and a quarter of the box' % args.max_shift)
     args.device = str(pick_device(args.device))   # warns once if cuda is not there

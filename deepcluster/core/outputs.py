@@ -298,10 +298,10 @@ def _rollback(entries):
             else:
                 _remove(e['final'])
         elif b and os.path.lexists(b):
-            if e['kind'] == 'moved' and not os.path.lexists(e['final']):
-                os.rename(b, e['final'])
-            else:
+            if e['kind'] != 'moved':
                 _remove(b)              # a hard link of what is still in place
+            elif not os.path.lexists(e['final']):
+                os.rename(b, e['final'])    # (a moved-aside original is never deleted)
         _remove(e['tmp'])
 
 
@@ -349,30 +349,31 @@ def commit(pairs, ours=None):
             return
         token = secrets.token_hex(4)
         entries = []
-        for tmp, final in pairs:
-            e = {'tmp': tmp, 'final': final, 'new': _ino(tmp), 'backup': None, 'kind': None}
-            if os.path.lexists(final):
-                e['backup'] = _hidden(final, 'old', token)
-                e['kind'] = 'moved'
-                if not os.path.isdir(final):
-                    try:
-                        os.link(final, e['backup'])
-                        e['kind'] = 'link'
-                    except OSError:
-                        pass
-            entries.append(e)
         journal = _hidden(pairs[0][1], 'commit', token, '.json')
         part = _hidden(journal, 'tmp')
-        with open(part, 'w') as f:
-            json.dump({'entries': entries}, f)
-        os.replace(part, journal)
         try:
+            for tmp, final in pairs:
+                e = {'tmp': tmp, 'final': final, 'new': _ino(tmp), 'backup': None, 'kind': None}
+                if os.path.lexists(final):
+                    e['backup'] = _hidden(final, 'old', token)
+                    e['kind'] = 'moved'
+                    if not os.path.isdir(final):
+                        try:
+                            os.link(final, e['backup'])
+                            e['kind'] = 'link'
+                        except OSError:
+                            pass
+                entries.append(e)
+            with open(part, 'w') as f:
+                json.dump({'entries': entries}, f)
+            os.replace(part, journal)
             for e in entries:
                 if e['kind'] == 'moved':
                     os.rename(e['final'], e['backup'])
                 os.replace(e['tmp'], e['final'])
         except BaseException:
             _rollback(entries)
+            _remove(part)
             _remove(journal)
             raise
         for e in entries:

@@ -11,7 +11,8 @@ from deepcluster.core import DeepClusterError
 from deepcluster.core.datamodel.simulate import Simulator
 from deepcluster.core.datamodel.tomograms import (TomogramLayout, TomogramWriter, pose_matrices,
                                                   write_particles)
-from deepcluster.core.inference.volumes import atomic_path, write_labels, write_volume
+from deepcluster.core.inference.volumes import write_labels, write_volume
+from deepcluster.core.outputs import atomic_path, check_finite, claim_output, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def simulate_to_folder(out, templates, n_per_class, config=None, seed=0, negativ
     -> byte-identical volumes. Returns a summary dict."""
     if int(n_per_class) < 1:
         raise DeepClusterError('n-per-class %s: must be at least 1' % n_per_class)
+    out = claim_output(out, 'simulate', ours=is_simulated_folder, folder=True)
     sim = Simulator(templates, config, device, negative, membrane_bound)
     cfg, names = sim.config, sim.class_names
     total = len(names) * int(n_per_class)
@@ -79,12 +81,12 @@ def simulate_to_folder(out, templates, n_per_class, config=None, seed=0, negativ
     files, examples, poses = [], {nm: [] for nm in names}, []
     layout = TomogramLayout(total, cfg.box, cfg.voxel_size, *tomograms) if tomograms else None
     t0 = last = time.time()
-    with atomic_path(out) as tmp:
-        os.makedirs(tmp)
+    with output_folder(out, 'simulate') as tmp:
         placer = TomogramWriter(layout, os.path.join(tmp, 'tomograms')) if layout else None
         for start in range(0, total, batch_size):
             lab = labels[start:start + batch_size]
-            vols = sim.batch(lab.to(sim.device), gen).cpu().numpy()
+            vols = check_finite(sim.batch(lab.to(sim.device), gen).cpu().numpy(),
+                                'simulate (check --snr and the structures)')
             rot, shift = sim.last_poses
             poses.append(pose_matrices(rot.cpu().numpy(), shift.cpu().numpy()))
             for i, (v, c) in enumerate(zip(vols, lab.tolist())):
@@ -113,3 +115,15 @@ def simulate_to_folder(out, templates, n_per_class, config=None, seed=0, negativ
             write_montage(os.path.join(tmp, 'montage.png'), examples)
     return dict(out=os.path.abspath(out), n=total, classes=names, seconds=time.time() - t0,
                 tomograms=layout.n_tomograms if layout else 0)
+
+
+def is_simulated_folder(path):
+    """A simulate output from before outputs were stamped: labels.csv, templates/,
+    montage.png and sub_*.mrc only."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return 'labels.csv' in names and all(
+        n in ('labels.csv', 'templates', 'montage.png', 'tomograms', 'particles.csv') or (n.startswith('sub_') and n.endswith('.mrc'))
+        for n in names)

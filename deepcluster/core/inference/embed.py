@@ -33,7 +33,8 @@ from deepcluster.core import DeepClusterError, fmt_time
 from deepcluster.core.device import pick_device, pick_dtype
 from deepcluster.core.model.network import inference_model, load_model, resolve_model_path
 from deepcluster.core.inference.features import write_features
-from deepcluster.core.inference.volumes import list_volume_files, pad_to_cube, read_mrc_header, read_volume
+from deepcluster.core.inference.volumes import (list_volume_files, pad_to_cube, plausible_voxel_size,
+                                               read_mrc_header, read_volume, tame_scale)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def prepare_batch(vols, voxel_sizes, config, invert_contrast=False):
     box, target = int(config['box']), float(config['voxel_size'])
     out = torch.empty((len(vols), box, box, box), dtype=torch.float32)
     groups = {}
-    vols = [pad_to_cube(np.asarray(v, dtype=np.float32)) for v in vols]
+    vols = [pad_to_cube(tame_scale(np.asarray(v, dtype=np.float32))) for v in vols]
     for i, (v, vx) in enumerate(zip(vols, voxel_sizes)):
         same = abs(vx - target) <= VOXEL_TOLERANCE * target
         groups.setdefault((v.shape[0], target if same else round(float(vx), 6)), []).append(i)
@@ -220,8 +221,9 @@ def scan_headers(files, voxel_size=None):
             raise DeepClusterError('%s: not a 3D volume (shape %s)' % (p, shape))
         if volume_stack:
             raise DeepClusterError('%s: a stack of volumes, not one subtomogram; split it' % p)
-        if voxel_size is None and not (np.isfinite(vx) and vx > 0):
-            raise DeepClusterError('%s: the header has no voxel size; pass --voxel-size' % p)
+        if voxel_size is None and plausible_voxel_size(vx) is None:
+            raise DeepClusterError('%s: the header has no usable voxel size (%g A); pass --voxel-size'
+                                   % (p, vx))
         sizes.append(float(voxel_size) if voxel_size is not None else vx)
         shapes.append(shape)
     return sizes, shapes

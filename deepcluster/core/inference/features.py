@@ -57,7 +57,8 @@ def is_features_output(path):
 
 def claim_features_output(out):
     """``--out`` of embed may be written: new, or a previous embed output (both files)."""
-    from deepcluster.core.outputs import claim_output
+    from deepcluster.core.outputs import check_out_path, claim_output
+    check_out_path(out)
     if not os.fspath(out).lower().endswith('.npy'):
         raise DeepClusterError('--out %s: expected a .npy file name' % out)
     p = claim_output(out, 'embed', '--out', ours=is_features_output)

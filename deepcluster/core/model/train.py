@@ -115,11 +115,12 @@ def train(args, on_step=None):
     created (unless it holds a checkpoint to resume from).
     ``on_step(step)`` is called after each completed step (tests use it to
     simulate an interruption)."""
-    from deepcluster.core.outputs import claim_output, refuse_overlap, work_folder
+    from deepcluster.core.outputs import check_out_path, claim_output, refuse_overlap, work_folder
     if not os.fspath(args.out).lower().endswith('.pt'):
         raise DeepClusterError('--out %s: expected a model file name ending in .pt' % args.out)
     out = claim_output(args.out, 'train', '--out', ours=is_model_output)
-    work = args.work_dir or os.path.splitext(out)[0] + '_train'
+    work = check_out_path(args.work_dir, '--work-dir') if args.work_dir is not None \
+        else os.path.splitext(out)[0] + '_train'
     inputs = [('--data', args.data), ('--init', args.init)] + [('--structures', p) for p in args.structures or ()]
     refuse_overlap([('--out', out), ('--work-dir', work)], inputs)
     with work_folder(work, 'train', legacy=_is_work_dir) as work:
