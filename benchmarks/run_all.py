@@ -40,6 +40,7 @@ BENCHES = [
     ('cluster', ['bench_cluster.py', '--parts', 'scale', 'auto_k_time']),
     ('quality', ['bench_quality.py']),
     *PHYSICAL,
+    ('realistic', ['bench_realistic.py']),       # independent physical benchmark, default + accurate
     ('accurate_quality', ['bench_quality.py', '--model', 'accurate', '--out',
                           os.path.join(ACCURATE, 'bench_quality.json'), '--plots', os.path.join(ACCURATE, 'quality')]),
     *[('accurate_' + name, cmd + ['--model', 'accurate', '--results', ACCURATE]) for name, cmd in PHYSICAL],
