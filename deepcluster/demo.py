@@ -32,10 +32,15 @@ def gui_command(project_name):
     typed: this environment's variables and the ``scipion`` launcher beside the
     running Python (pip installs it as ``scipion``, not ``scipion3``)."""
     import shlex
-    launcher = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), 'scipion')
-    env = ' '.join('%s=%s' % (k, shlex.quote(os.environ[k]))
-                   for k in ('SCIPION_HOME', 'SCIPION_USER_DATA') if os.environ.get(k))
-    return '%s %s project %s' % (env, shlex.quote(launcher), shlex.quote(project_name))
+    python = os.path.abspath(sys.executable)
+    launcher = os.path.join(os.path.dirname(python), 'scipion')
+    env = {k: os.environ[k] for k in ('SCIPION_HOME', 'SCIPION_USER_DATA') if os.environ.get(k)}
+    env['SCIPION_PYTHON'] = python    # the launcher re-runs itself with it (default: python3 on PATH)
+    hosts = os.environ.get('SCIPION_HOSTS')
+    if hosts and hosts != os.path.join(env.get('SCIPION_HOME', ''), 'config', 'hosts.conf'):
+        env['SCIPION_HOSTS'] = hosts
+    return '%s %s project %s' % (' '.join('%s=%s' % (k, shlex.quote(v)) for k, v in env.items()),
+                                 shlex.quote(launcher), shlex.quote(project_name))
 
 
 def _launch(project, prot, title):

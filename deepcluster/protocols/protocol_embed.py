@@ -181,7 +181,8 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
             return ['Embedding not finished yet.']
         out = getattr(self, EmbedOutputs.subtomograms.name)
         return ['%d subtomograms embedded with %s; features in %s.'
-                % (out.getSize(), self._modelName(), self._featuresFn())] + self._adaptSummary()
+                % (out.getSize(), self._modelName(), self._featuresFn())] + self._adaptSummary() \
+            + self._modelSummary()
 
     def _methods(self):
         return ['Subtomograms were embedded into a 32-dimensional, orientation-invariant shape '

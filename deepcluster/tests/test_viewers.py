@@ -199,6 +199,24 @@ class TestDeepClusterViewers(BaseTest):
         self.assertTrue(any('choose a trained model' in e for e in empty.validate()))
         self.assertIn('Model: the shipped default model.', self.embed._summary())
 
+    def test_project_opens_in_the_tomography_view_and_the_gui_line_works(self):
+        from pyworkflow import Config
+        from pyworkflow.project import Manager
+        from pyworkflow.gui.project.viewprotocols_extra import ProtocolTreeConfig
+        from deepcluster.demo import gui_command, use_tomography_view
+        use_tomography_view(self.proj)
+        again = Manager().loadProject(self.proj.getName())
+        self.assertEqual(again.getProtocolView(), 'Tomography')
+        views = ProtocolTreeConfig.load(self.proj.getDomain(),
+                                        os.path.join(Config.SCIPION_LOCAL_CONFIG, Config.SCIPION_PROTOCOLS))
+        self.assertIn('Tomography', views)
+        line = gui_command('deepcluster_demo')
+        launcher = line.split(' project ')[0].split()[-1]
+        self.assertTrue(os.access(launcher, os.X_OK), launcher)
+        self.assertTrue(line.endswith('/scipion project deepcluster_demo'))
+        self.assertIn('SCIPION_USER_DATA=', line)
+        self.assertNotIn('scipion3', line)
+
     def test_near_chance_threshold(self):
         self.assertTrue(near_chance(0.14, 7))
         self.assertFalse(near_chance(0.6, 7))

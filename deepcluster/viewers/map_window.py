@@ -106,14 +106,15 @@ class EmbeddingMapWindow:
             ttk.Button(box, text='Classes: merge the classes it touches',
                        command=lambda: self.register('merge')).pack(fill=tk.X)
         box = ttk.LabelFrame(panel, text='Clicked subtomogram: central slices', padding=2)
-        box.pack(fill=tk.BOTH, expand=True)
-        self.sliceFig = Figure(figsize=(3.4, 1.5), dpi=100)
+        box.pack(fill=tk.X)
+        self.sliceFig = Figure(figsize=(3.4, 1.3), dpi=100)
         self.sliceAxes = [self.sliceFig.add_subplot(1, 3, i + 1) for i in range(3)]
         for a, t in zip(self.sliceAxes, ('XY', 'XZ', 'YZ')):
             a.set_title(t, fontsize=8)
             a.set_axis_off()
+        self.sliceFig.subplots_adjust(left=0.02, right=0.98, top=0.85, bottom=0.02, wspace=0.08)
         self.sliceCanvas = FigureCanvasTkAgg(self.sliceFig, master=box)
-        self.sliceCanvas.get_tk_widget().pack(fill=tk.BOTH, expand=True)
+        self.sliceCanvas.get_tk_widget().pack(fill=tk.X)
         self.sliceText = tk.StringVar(self.root, 'choose "click: show slices" and click a point')
         ttk.Label(box, textvariable=self.sliceText, wraplength=330, font=('TkDefaultFont', 8)
                   ).pack(fill=tk.X)
@@ -161,7 +162,11 @@ class EmbeddingMapWindow:
         s = self.session
         if s.map is None:
             return
-        self.ax.clear()
+        if self.selector is not None:
+            self.selector.set_active(False)
+            self.selector = None
+        self.fig.clear()                 # axes and colour bar anew: simplest and never stale
+        self.ax = self.fig.add_subplot(1, 1, 1)
         d = s.map.drawn
         xy = s.xy[d]
         values, kind, title = s.colourValues(self.colour.get())
@@ -169,16 +174,9 @@ class EmbeddingMapWindow:
         if kind == 'continuous':
             sc = self.ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(values, float)[d], s=size,
                                  cmap='viridis', linewidths=0)
-            if not hasattr(self, '_cbar'):
-                self._cbar = self.fig.colorbar(sc, ax=self.ax, fraction=0.04, pad=0.02)
-            else:
-                self._cbar.update_normal(sc)
-            self._cbar.set_label(title)
+            self.fig.colorbar(sc, ax=self.ax, fraction=0.04, pad=0.02).set_label(title)
         else:
             from deepcluster.core.analysis.plots import _colours, sorted_labels
-            if hasattr(self, '_cbar'):
-                self._cbar.remove()
-                del self._cbar
             vals = np.asarray(values, dtype=object)[d]
             names = sorted_labels(vals.astype(str))
             cols = _colours(len(names), 'truth' if title == 'true label' else 'cluster')
@@ -186,9 +184,13 @@ class EmbeddingMapWindow:
                 m = vals.astype(str) == name
                 self.ax.scatter(xy[m, 0], xy[m, 1], s=size, color=c, linewidths=0,
                                 label=('class %s' % name) if title == 'class' else name)
-            if len(names) <= 25:
-                self.ax.legend(title=title, fontsize=7, loc='upper right', markerscale=1.5,
-                               ncol=1 if len(names) <= 12 else 2, framealpha=0.8)
+            if len(names) <= 40:        # beside the map, never over its points
+                self.ax.legend(title=title, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0),
+                               markerscale=1.5, ncol=1 if len(names) <= 20 else 2)
+        poly = getattr(self, 'lastPolygon', None)
+        if poly is not None and s.mask.any():
+            closed = np.vstack([poly, poly[:1]])
+            self.ax.plot(closed[:, 0], closed[:, 1], color='black', lw=1, ls='--', alpha=0.7)
         sm = s.mask[d]
         if sm.any():
             self.ax.scatter(xy[sm, 0], xy[sm, 1], s=size * 2.2, facecolors='none',
@@ -199,6 +201,8 @@ class EmbeddingMapWindow:
         self.ax.set_ylabel('%s 2' % name)
         self.ax.set_xticks([])
         self.ax.set_yticks([])
+        self.fig.subplots_adjust(left=0.04, right=0.84 if kind == 'categorical' else 0.95,
+                                 top=0.95, bottom=0.05)
         self.canvas.draw_idle()
         self._setTool()
 
@@ -224,18 +228,21 @@ class EmbeddingMapWindow:
         self._selectionChanged()
 
     def onBox(self, press, release):
-        self.session.selectBox((press.xdata, press.ydata), (release.xdata, release.ydata),
-                               add=self.add.get())
+        (x0, y0), (x1, y1) = (press.xdata, press.ydata), (release.xdata, release.ydata)
+        self.session.selectBox((x0, y0), (x1, y1), add=self.add.get())
+        self.lastPolygon = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
         self._selectionChanged()
 
     def selectClasses(self):
         ids = [self.session.classIds()[i] for i in self.classList.curselection()]
         if ids:
             self.session.selectClasses(ids, add=self.add.get())
+            self.lastPolygon = None
             self._selectionChanged()
 
     def clear(self):
         self.session.clear()
+        self.lastPolygon = None
         self._selectionChanged()
 
     def _selectionChanged(self):

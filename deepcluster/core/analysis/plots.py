@@ -331,7 +331,8 @@ def plot_embedding(png, X, labels, truth=None, method='tsne', seed=0,
     for p, (lab, leg, sub, palette) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), p + 1)
         _scatter_by(ax, Y, lab, leg, palette)
-        ax.set_title(sub)
+        if sub not in (title or ''):         # not twice (the embed viewer's title says it)
+            ax.set_title(sub)
         ax.set_xlabel('%s 1' % desc.split(' ')[0])
         ax.set_ylabel('%s 2' % desc.split(' ')[0])
     fig.suptitle(title or desc)
@@ -395,7 +396,8 @@ def plot_metrics_vs_k(png, sweep, title='Clustering vs number of clusters', true
                     textcoords='offset points', fontsize=8,
                     ha='left' if frac < 0.3 else 'right' if frac > 0.7 else 'center',
                     color=colour, fontweight='bold',
-                    arrowprops=dict(arrowstyle='-', color=colour, lw=0.8))
+                    bbox=dict(boxstyle='round,pad=0.2', fc='white', ec=colour, lw=0.6, alpha=0.9),
+                    arrowprops=dict(arrowstyle='-', color=colour, lw=0.8), zorder=6)
     if true_k:
         ax.axvline(true_k, color='grey', ls=':', label='true number of classes')
     if k_used:
@@ -444,7 +446,7 @@ def plot_k_selection(png, curve, title=None):
     if not scores:
         raise DeepClusterError('k-selection curve has no scores')
     chosen = curve.get('chosen')
-    fig = _figure(4.6 * len(scores), 4)
+    fig = _figure(max(6.5, 4.6 * len(scores)), 4.3)
     for p, (name, vals) in enumerate(scores.items()):
         ax = fig.add_subplot(1, len(scores), p + 1)
         v = np.asarray(vals, dtype=float)
@@ -461,8 +463,8 @@ def plot_k_selection(png, curve, title=None):
         ax.set_ylabel(criterion_name(name) if len(criterion_name(name)) <= 24 else 'score')
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    fig.suptitle(title or 'Number of classes chosen from the data: k = %s (by %s)'
-                 % (chosen, criterion_name(curve.get('method', '?'))))
+    fig.suptitle(title or 'Number of classes chosen from the data: k = %s\n(by the %s)'
+                 % (chosen, criterion_name(curve.get('method', '?'))), fontsize=11)
     fig.tight_layout()
     return _save(fig, png)
 
