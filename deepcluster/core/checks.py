@@ -12,14 +12,15 @@ def check_number(name, value, lo=None, hi=None, lo_open=False, integer=False, no
     one-line DeepClusterError; ``integer``: a whole number."""
     if value is None and none_ok:
         return None
+    shown = '%g' % value if isinstance(value, float) else value
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise DeepClusterError('%s %r: expected a number' % (name, value))
     if not math.isfinite(v):
-        raise DeepClusterError('%s %s: must be a finite number' % (name, value))
+        raise DeepClusterError('%s %s: must be a finite number' % (name, shown))
     if integer and v != int(v):
-        raise DeepClusterError('%s %s: must be a whole number' % (name, value))
+        raise DeepClusterError('%s %s: must be a whole number' % (name, shown))
     bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi)
     if bad:
         if lo is not None and hi is not None:
@@ -28,7 +29,7 @@ def check_number(name, value, lo=None, hi=None, lo_open=False, integer=False, no
             rng = ('above %g' if lo_open else 'at least %g') % lo
         else:
             rng = 'at most %g' % hi
-        raise DeepClusterError('%s %s: must be %s' % (name, value, rng))
+        raise DeepClusterError('%s %s: must be %s' % (name, shown, rng))
     return int(v) if integer else v
 
 

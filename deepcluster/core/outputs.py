@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 
 import numpy as np
 
@@ -166,6 +167,7 @@ def claim_output(path, command, flag='--out', ours=None, folder=False):
     if os.path.lexists(parent) and not os.path.isdir(parent):
         raise DeepClusterError('%s %s: %s is not a folder' % (flag, path, parent))
     clean_stale(parent)
+    _clean_legacy_temps(p)
     if not os.path.lexists(p):
         return p
     if folder:
@@ -181,6 +183,26 @@ def claim_output(path, command, flag='--out', ours=None, folder=False):
         what = 'a file that is not an output of `deepcluster %s`' % command
     raise DeepClusterError('%s %s: exists and is %s; choose a new name (or remove it yourself)'
                            % (flag, path, what))
+
+
+def _clean_legacy_temps(path, min_age=600):
+    """Temp folders of versions before this policy (``tempfile.mkdtemp(prefix='.<name>.')``
+    holding at most ``<name>``), which killed runs left behind: removed when older than
+    ``min_age`` seconds (no pid to tell a live one)."""
+    parent, base = os.path.split(path)
+    pat = re.compile(r'^\.%s\.[a-z0-9_]{8}$' % re.escape(base))
+    try:
+        names = [n for n in os.listdir(parent) if pat.match(n)]
+    except OSError:
+        return
+    for n in names:
+        p = os.path.join(parent, n)
+        try:
+            if os.path.isdir(p) and not os.path.islink(p) and set(os.listdir(p)) <= {base} \
+                    and time.time() - os.lstat(p).st_mtime > min_age:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def check_finite(a, what):

@@ -41,7 +41,7 @@ def trained_path(tmp_path_factory):
     """A tiny model trained on three shapes at 10 Å, box 24 (~10 s)."""
     d = str(tmp_path_factory.mktemp('shapes'))
     make_folder(d, n_per_class=16, box=BOX, noise=0.3)
-    out = os.path.join(d, 'trained.pt')
+    out = str(tmp_path_factory.mktemp('trained') / 'trained.pt')   # not inside its input folder
     train(parse_args(['--data', d, '--out', out, '--steps', 30, '--batch-size', 12, '--lr', 3e-3,
                       '--val-every', 30, '--checkpoint-every', 0, '--device', 'cpu', '--no-plots']))
     return out

@@ -420,13 +420,59 @@ def _failing_write(monkeypatch, err_no, target='open'):
     monkeypatch.setattr(builtins, 'open', fake)
 
 
+WRITERS = {'embed': EMB + ['--out', 'f.npy'], 'cluster': CLU + ['--out', 'l.csv', '--plots', 'pl'],
+           'simulate': SIM + ['--out', 'sim'], 'train': ['train', '--procedural', '2', '--out', 'm.pt'] + TRAIN}
+
+
 @pytest.mark.parametrize('err_no', [28, 13, 30])     # ENOSPC, EACCES, EROFS
-@pytest.mark.parametrize('cmd', ['embed', 'cluster'])
+@pytest.mark.parametrize('cmd', sorted(WRITERS))
 def test_write_errors_are_one_line_and_keep_the_old_output(work, monkeypatch, cmd, err_no):
+    """A full disk or a folder turned read-only while writing: one line, the previous
+    output (m.pt, f.npy + f.csv, l.csv + l.json + pl/) untouched, no temporaries."""
     _failing_write(monkeypatch, err_no)
-    argv = (EMB + ['--out', 'f.npy']) if cmd == 'embed' else (CLU + ['--out', 'l.csv', '--plots', 'pl'])
-    msg = refused(argv, work)
+    if cmd == 'train':
+        os.makedirs('m_train')
+        outputs.mark_folder('m_train', 'train')
+    msg = refused(WRITERS[cmd], work)
     assert os.strerror(err_no) in msg
+
+
+@pytest.mark.parametrize('case', ['voxel-1000', 'voxel-1e30', 'huge-extent'])
+def test_absurd_structure_maps(work, case):
+    os.makedirs('maps')
+    v = np.zeros((20, 20, 20), np.float32)
+    v[8:12, 8:12, 8:12] = 1
+    if case == 'huge-extent':
+        v = np.zeros((400, 40, 40), np.float32)
+        v[200, 20, 20] = 1
+    write_volume('maps/a.mrc', v, {'voxel-1000': 1000.0, 'voxel-1e30': 1e30, 'huge-extent': 10.0}[case])
+    refused(SIM + ['--structures', 'maps', '--out', 'sim'], work)
+
+
+def test_temporaries_of_older_versions_are_cleaned(work):
+    """Killed runs of versions before this policy left .<out>.XXXXXXXX/ folders."""
+    os.makedirs('.sim.ab12cd34/sim')
+    old = time.time() - 3600
+    os.utime('.sim.ab12cd34', (old, old))
+    os.makedirs('.sim.notours1/keep')                 # something else: not ours, kept
+    os.utime('.sim.notours1', (old, old))
+    assert run_cli(*SIM + ['--out', 'sim'])[0] == 0
+    assert not os.path.exists('.sim.ab12cd34') and os.path.isdir('.sim.notours1/keep')
+
+
+def test_a_failed_demo_step_names_its_cause(tmp_path):
+    from deepcluster.demo import _failure_cause
+    err = tmp_path / 'run.stderr'
+    err.write_text('Traceback (most recent call last):\n  ...\nerror: --out x: exists and is a file\n')
+
+    class Prot:
+        def getLogPaths(self):
+            return [str(tmp_path / 'run.stdout'), str(err)]
+
+        def getErrorMessage(self):
+            return 'Protocol failed: Command ... returned non-zero exit status 2'
+    cause = _failure_cause(Prot())
+    assert cause.startswith('error: --out x: exists and is a file') and 'run.stderr' in cause
 
 
 def test_unwritable_folder(work):

@@ -29,7 +29,10 @@ import numpy as np
 from scipy import ndimage
 
 from deepcluster.core import DeepClusterError
-from deepcluster.core.inference.volumes import MRC_SUFFIXES, border_mean, pad_to_cube, read_volume, resample
+from deepcluster.core.inference.volumes import (MRC_SUFFIXES, VOXEL_RANGE, border_mean, pad_to_cube, read_volume,
+                                               resample)
+
+MAX_TEMPLATE = 320     # voxels: a structure larger than this at the simulated voxel size is refused
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,14 @@ def template_from_array(name, density, voxel_size, target_voxel_size=None,
         raise DeepClusterError('%s: no voxel size (header says none); give it explicitly' % label)
     if not np.isfinite(vol).all():
         raise DeepClusterError('%s: contains NaN or infinite voxels' % label)
+    if not VOXEL_RANGE[0] <= voxel_size <= VOXEL_RANGE[1]:
+        raise DeepClusterError('%s: voxel size %g A is not plausible; fix its header' % (label, voxel_size))
     target = float(target_voxel_size or voxel_size)
+    m = int(round(max(vol.shape) * voxel_size / target))
+    if m > MAX_TEMPLATE:            # e.g. a 1000 A/voxel header: 100x larger at 10 A, terabytes
+        raise DeepClusterError('%s: %d voxels of %g A are %d voxels at %g A, more than %d; give a map '
+                               'of one particle (or fix its voxel size)'
+                               % (label, max(vol.shape), voxel_size, m, target, MAX_TEMPLATE))
     vol = vol - border_mean(vol)
     vol = pad_to_cube(vol, fill=0.0)
     if abs(voxel_size - target) > 1e-3 * target:
@@ -158,6 +168,9 @@ def template_from_model(path, voxel_size, name=None, membrane='none', assembly=T
     pad = 4.0 * np.sqrt(blur / (8 * np.pi ** 2)) + 4 * voxel_size    # blur sigma margin
     n = int(np.ceil(2 * (rmax + pad) / voxel_size)) + 1
     n += n % 2                                                        # even: FFT friendly
+    if n > MAX_TEMPLATE:
+        raise DeepClusterError('%s: the atoms span %.0f A, %d voxels at %g A (more than %d); give one '
+                               'particle' % (path, 2 * rmax, n, voxel_size, MAX_TEMPLATE))
     side = n * voxel_size
     shift = np.full(3, side / 2.0) - com
     model.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(), gemmi.Vec3(*shift)))
