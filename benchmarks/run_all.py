@@ -36,9 +36,11 @@ PHYSICAL = [
 ACCURATE = os.path.join(RESULTS, 'accurate')     # the shipped accurate model's quality results
 BENCHES = [
     ('simulate', ['bench_simulate.py']),
+    ('stress', ['bench_stress.py']),     # kills at random moments: the output policy holds
     ('embed', ['bench_embed.py', '--parts', 'speed', 'disk', 'gpu']),
     ('cluster', ['bench_cluster.py', '--parts', 'scale', 'auto_k_time']),
     ('quality', ['bench_quality.py']),
+    ('adapt', ['bench_adapt.py']),          # embed --adapt vs none: realistic + source-domain sets, cost
     *PHYSICAL,
     ('realistic', ['bench_realistic.py']),       # independent physical benchmark, default + accurate
     ('accurate_quality', ['bench_quality.py', '--model', 'accurate', '--out',
