@@ -23,6 +23,11 @@ def _point(s):
 
 
 def run(args):
+    from deepcluster.core.checks import check_number
+    from deepcluster.core.outputs import check_out_path, refuse_overlap
+    refuse_overlap([('--out', check_out_path(args.out))], [('MAP', args.map)])   # core/outputs policy
+    for v in args.box or ():
+        check_number('--box', v)
     m = read_map_csv(args.map)
     if not (args.polygon or args.box or args.classes):
         raise DeepClusterError('say what to select: --polygon X,Y X,Y X,Y ..., --box X0 Y0 X1 Y1 '
