@@ -12,8 +12,8 @@ cross-validated linear probe of the 32-d features and of a handcrafted 20-number
 descriptor, rare-class precision/recall/F1, membrane-bound vs cytosolic shares.
 It judges; it never trains or tunes (choices belong on validation seeds >= 100).
 
-    python benchmarks/bench_realistic.py                          # seeds 1 2, default + accurate, 13.68 A
-    python benchmarks/bench_realistic.py --voxel-sizes 13.68 10 --kinds paper
+    python benchmarks/bench_realistic.py                          # seeds 1 2, default + accurate, 13.68 + 10 A
+    python benchmarks/bench_realistic.py --voxel-sizes 13.68 --kinds paper
     python benchmarks/bench_realistic.py --models default my.pt --out /tmp/r.json
 
 The first run simulates the sets (~3-4 min each on 2 cores) into runs/realistic/.
@@ -34,6 +34,34 @@ sys.path.insert(0, REPO)
 from benchmarks.realistic import KINDS, handcrafted, make_set, score      # noqa: E402
 
 RESULTS = os.path.join(HERE, 'results')
+SIMULATOR = {
+    'specimen': 'periodic (x, y) slab 175 x 175 nm, 130-170 nm thick, 9.12 A grid; complexes mass-scaled '
+                '(protein-equivalent density, 1.21 A^3/Da), random packing to a target 10-30 % volume fraction '
+                '(reached 10-22 %); bilayers: two head-group Gaussians 4 nm apart, a slightly light core; '
+                '1-2 vesicles of 40-150 nm radius and an undulating sheet; 30 % of every class and of the '
+                'negatives 2-25 nm from a membrane, unbound',
+    'membrane_bound_ribosome': '4v7r with its LSU tunnel exit 3-5 nm from the membrane surface, tunnel into '
+                               'the membrane, random spin; exit derived from subunit geometry (30S atoms fitted '
+                               'into the 70S map, SSU->LSU centroid line leaving the LSU, 70S fitted into 80S), '
+                               'NOT from an LSU atomic model (none available): see benchmarks/realistic/ribosome.py',
+    'tilt_series': 'dose-symmetric +-60 deg, 2 or 3 deg steps, 100-120 e/A^2; weak-phase image with CTF per '
+                   '32-px layer and per x\' strip at its own defocus (3-5 um nominal; the gradient of the tilted '
+                   'slab and the height both included), 300 kV, Cs 2.7 mm, 7 % amplitude contrast, B 50-150 A^2; '
+                   'radiation damage (Grant-Grigorieff critical exposure); zero-loss attenuation exp(-t/350 nm '
+                   '/cos); Poisson counts; residual misalignment per tilt (shift 2-8 A, rotation 0.3 deg, tilt '
+                   '0.2 deg, unknown to the reconstruction)',
+    'reconstruction': 'weighted back-projection (ramp, cosine roll-off, dose-weighted by the exposure filter), '
+                      'phase-flipped at the central defocus in half of the tomograms; tomogram units: random '
+                      'scale 0.1-100 and offset per tomogram; extraction with ~0.5 voxel picking error, '
+                      'low-pass + interpolation to 13.68 or 10 A, 40^3 boxes',
+    'simplified': 'no solvent/ice noise structure beyond shot noise; no detector MTF/DQE beyond the B-factor; '
+                  'density maps at 30 A resolution (e2pdb2mrc) for 4v7r and 4cr2; ribosome RNA as dense as '
+                  'protein; no beam-induced motion within a tilt; no membrane proteins; tunnel exit from '
+                  'geometry, not atoms',
+    'unseen_sources': 'PDB entries 1OJD, 2C37, 1A49, 1O04 from github:archie18/schuellerlab (commit 1626f4c, '
+                      'files kept in runs/realistic/pdb, not in the repo); 1A49 x2 (C2), 1O04 x3 (C3), 2C37 x4 '
+                      '(tetrahedron) are compact clash-free assemblies made here by symmetry',
+}
 
 
 def embed(vols, voxel, model):
@@ -107,10 +135,12 @@ def main(argv=None):
     ap.add_argument('--kinds', nargs='+', default=list(KINDS), choices=list(KINDS))
     ap.add_argument('--seeds', nargs='+', type=int, default=[1, 2])
     ap.add_argument('--models', nargs='+', default=['default', 'accurate'])
-    ap.add_argument('--voxel-sizes', nargs='+', type=float, default=[13.68])
+    ap.add_argument('--voxel-sizes', nargs='+', type=float, default=[13.68, 10.0])
     ap.add_argument('--out', default=os.path.join(RESULTS, 'bench_realistic.json'))
     ap.add_argument('--plots', default=os.path.join(RESULTS, 'realistic'))
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--merge', action='store_true',
+                    help='update the sets/summary entries of an existing --out instead of replacing it')
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
@@ -118,6 +148,11 @@ def main(argv=None):
     t0 = time.time()
     res = {'benchmark': 'realistic (independent physical simulator, benchmarks/realistic/)',
            'seeds': a.seeds, 'models': {m: model_sha256(m)[:16] for m in a.models}, 'sets': {}, 'summary': {}}
+    res['simulator'] = SIMULATOR
+    if a.merge and os.path.exists(a.out):
+        with open(a.out) as f:
+            old = json.load(f)
+        res['sets'], res['summary'] = old.get('sets', {}), old.get('summary', {})
     for kind in a.kinds:
         for vx in a.voxel_sizes:
             per = {m: [] for m in a.models + ['handcrafted']}

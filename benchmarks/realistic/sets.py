@@ -7,11 +7,16 @@ kinds:
   BIOMT), negative (crowded cytosol, a third of them near a membrane); 100 each.
 - 'unseen': five complexes none of the shipped models saw (0.5-2.5 MDa), from
   PDB entries of other complexes (see UNSEEN), + negative; 80 each.
-- 'rare': 10 p97/VCP (3cf3 BIOMT hexamer, ~0.45 MDa) among 600 with ribosome,
-  26S proteasome, rubisco and negative.
-Every tomogram: a crowded slab (10-30 % volume fraction, crowders = smaller
-complexes), 1-3 membranes, 30 % of the particles of every class (and of the
-negatives) placed 2-20 nm from a membrane without being bound.
+- 'rare': 10 p97/VCP (3cf3 BIOMT hexamer, ~0.45 MDa; a SHREC training structure,
+  as a user's rare class may well be) among 600 with ribosome, 26S proteasome,
+  rubisco and negative (1.7 %).
+Every tomogram (175 x 175 nm, 130-170 nm thick, 9.12 A grid): a crowded slab
+(complexes at a target 10-30 % volume fraction; random packing reaches 10-22 %,
+recorded per tomogram; crowders = eight smaller SHREC complexes from their PDB
+files), 1-3 membranes, 30 % of the particles of every class (and of the negatives)
+placed 2-20 nm (negatives 8-25 nm) from a membrane without being bound.
+The labels of the picks are the complexes centred in them; neighbours, crowders
+and membranes cut by the box are context, as in a real tomogram.
 """
 import os
 import time
