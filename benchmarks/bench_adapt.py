@@ -145,6 +145,35 @@ def summarise(q, modes):
     return s
 
 
+# ------------------------------------------------------------------ minimum set size
+def min_n(model, config, load, sizes=(25, 50, 100, 200), repeats=3):
+    """BatchNorm statistics from n of the set's subtomograms, applied to all: the
+    k-means V-measure and the mean cosine of the features to those from the whole
+    set (how many a set needs before its statistics are its own, not noise)."""
+    import copy
+    vols, truth, voxel = load()
+    full_src = adapt.VolumeSource.from_arrays(vols, voxel, config)
+    ref = adapt.reestimate_bn(copy.deepcopy(model), full_src, progress=False)
+    Xref = embed_arrays(vols, Embedder(ref, config, 'cpu', 'fp32'), config, voxel_size=voxel)
+    X0 = embed_arrays(vols, Embedder(model, config, 'cpu', 'fp32'), config, voxel_size=voxel)
+    out = {'n_set': int(len(truth)), 'v_none': kmeans_v(X0, truth), 'v_all': kmeans_v(Xref, truth),
+           'cosine_none_to_all': round(float((X0 * Xref).sum(1).mean()), 4), 'sizes': {}}
+    rng = np.random.default_rng(100)
+    for n in sizes:
+        vs, cs = [], []
+        for _ in range(repeats):
+            idx = np.sort(rng.choice(len(vols), n, replace=False))
+            m = adapt.reestimate_bn(copy.deepcopy(model), adapt.VolumeSource.from_arrays(vols[idx], voxel, config),
+                                    progress=False)
+            X = embed_arrays(vols, Embedder(m, config, 'cpu', 'fp32'), config, voxel_size=voxel)
+            vs.append(kmeans_v(X, truth))
+            cs.append(float((X * Xref).sum(1).mean()))
+        out['sizes'][n] = {'v_mean': round(float(np.mean(vs)), 4), 'v_sd': round(float(np.std(vs)), 4),
+                           'cosine_to_all': round(float(np.mean(cs)), 4)}
+        print('  min_n n=%d: V %.4f +- %.4f, cosine to all %.4f' % (n, np.mean(vs), np.std(vs), np.mean(cs)), flush=True)
+    return out
+
+
 # ------------------------------------------------------------------ cost
 def cost(n, mode, tmp, threads):
     """Adapt ``n`` subtomograms read from files in a child process: seconds, peak RSS."""
@@ -186,13 +215,15 @@ def make_files(n, tmp):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--parts', nargs='+', default=['realistic', 'source', 'cost'],
-                    help='realistic, physical, source, cost')
+                    help='realistic, physical, source, min_n, cost')
     ap.add_argument('--seeds', type=int, nargs='+', default=list(REPORT_SEEDS))
     ap.add_argument('--kinds', nargs='+', default=list(KINDS))
     ap.add_argument('--modes', nargs='+', default=['none', 'bn', 'full'])
     ap.add_argument('--steps', type=int, default=None, help='steps of full (default: the default)')
     ap.add_argument('--weights', default=None, help='JSON loss weights of full (default: the default)')
     ap.add_argument('--lr', type=float, default=None)
+    ap.add_argument('--min-n-sets', nargs='+', default=['paper:100', 'rare:100'],
+                    help='validation sets of the min_n part (kind:seed, physical:seed)')
     ap.add_argument('--cost-n', type=int, nargs='+', default=[1000, 10000])
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--out', default=os.path.join(RESULTS, 'bench_adapt.json'))
@@ -225,6 +256,14 @@ def main(argv=None):
             q = quality(model, config, sets, a.modes, variants)
             result['parts'][part] = {'seeds': a.seeds, 'sets': q, 'summary': summarise(q, a.modes)}
             print(json.dumps(result['parts'][part]['summary']), flush=True)
+        elif part == 'min_n':       # on validation sets only
+            rows = {}
+            for name in a.min_n_sets:
+                kind, seed = name.split(':')
+                load = (lambda s=int(seed): physical_set(s)) if kind == 'physical' else \
+                       (lambda k=kind, s=int(seed): realistic_set(k, s))
+                rows[name] = min_n(model, config, load)
+            result['parts']['min_n'] = rows
         elif part == 'cost':
             tmp = '/tmp/bench_adapt_files'
             make_files(max(a.cost_n), tmp)

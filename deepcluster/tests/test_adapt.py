@@ -96,11 +96,11 @@ class TestBatchNorm(unittest.TestCase):
 
 class TestFull(unittest.TestCase):
     def setUp(self):
-        self.old = adapt.MIN_SUBTOMOGRAMS, adapt.RECLUSTER_EVERY
-        adapt.MIN_SUBTOMOGRAMS, adapt.RECLUSTER_EVERY = 20, 3
+        self.old = adapt.MIN_SUBTOMOGRAMS, adapt.RECLUSTER_EVERY, adapt.SYNTHETIC_BANK
+        adapt.MIN_SUBTOMOGRAMS, adapt.RECLUSTER_EVERY, adapt.SYNTHETIC_BANK = 20, 3, 32
 
     def tearDown(self):
-        adapt.MIN_SUBTOMOGRAMS, adapt.RECLUSTER_EVERY = self.old
+        adapt.MIN_SUBTOMOGRAMS, adapt.RECLUSTER_EVERY, adapt.SYNTHETIC_BANK = self.old
 
     def test_seeded_fine_tuning_repeats_exactly(self):
         torch.set_num_threads(1)
@@ -115,6 +115,12 @@ class TestFull(unittest.TestCase):
         self.assertFalse(all(torch.equal(a[k], c[k]) for k in a))
         card = runs[0].config['adaptation']
         self.assertEqual(card['finetune']['steps'], 4)
+        self.assertEqual(card['finetune']['synthetic_items'], 32)
+        enc = [k for k in a if k.startswith('encoder.') and not k.endswith(('running_mean', 'running_var',
+                                                                            'num_batches_tracked'))]
+        for k in enc:                        # the encoder's weights stay, the layers after it change
+            self.assertTrue(torch.equal(a[k], model.state_dict()[k]), k)
+        self.assertFalse(torch.equal(a['embed.0.weight'], model.state_dict()['embed.0.weight']))
         self.assertEqual(card['finetune']['anchor_classes'], 4)     # the card's procedural classes + negative
         self.assertEqual(card['seed'], 5)
 

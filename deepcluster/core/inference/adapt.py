@@ -9,18 +9,22 @@
     streamed in batches (memory flat in N: one batch of volumes at a time; each
     of the five layers costs one pass through the data). No randomness.
 ``full``
-    ``bn``, then fine-tuning on the user's subtomograms with the synthetic
-    supervised task as an anchor against collapse, then ``bn`` again. Each step:
-    the cross-entropy of a fresh batch simulated from the model's own training
-    classes (its config's training card; the simulator of the data model), plus
-    on a batch of the user's subtomograms seen in two views that keep the missing
+    ``bn``, then fine-tuning of the layers after the encoder (the two fully
+    connected layers that make the 32-d feature, and the classifier) with the
+    synthetic supervised task as an anchor against collapse. The encoder (its
+    convolutions, with the user's BatchNorm statistics) turns a seeded subsample
+    of the user's subtomograms, each in ``VIEWS`` views that keep the missing
     wedge where it is (one of the four proper 180-degree rotations about the box
-    axes, integer shifts, added noise): the consistency of their features and
-    self-training on confident k-means pseudo-labels (over-clustered,
-    DeepCluster-style, re-clustered every ``RECLUSTER_EVERY`` steps). BatchNorm
-    statistics stay fixed during the steps. The number of steps is fixed
-    (``DEFAULT_STEPS``) so a run is reproducible for a seed; the time budget only
-    lowers it (logged) when the machine is too slow to finish in time.
+    axes, integer shifts, added noise), and a bank of subtomograms simulated from
+    the model's own training classes (its config's training card; through the
+    un-adapted BatchNorm statistics: domain-specific BatchNorm) into pooled
+    descriptors once; the steps then train on those: the cross-entropy of the
+    simulated ones, the consistency of two views of one user subtomogram, and
+    self-training on confident k-means pseudo-labels of the user's (over-clustered,
+    DeepCluster-style, re-clustered every ``RECLUSTER_EVERY`` steps). So a step
+    costs microseconds of network time and the run is dominated by the passes
+    over the data; the number of steps is fixed (``DEFAULT_STEPS``), the run
+    reproducible for a seed; the time budget only stops it early (logged).
 
 Both end with a guard: the adapted features of a seeded subsample must be at
 least as separable as the un-adapted ones by an unsupervised criterion
@@ -48,14 +52,16 @@ log = logging.getLogger(__name__)
 MODES = ('none', 'bn', 'full')
 DEFAULT_MODE = 'bn'
 DEFAULT_MINUTES = 5.0
-DEFAULT_STEPS = 200
+DEFAULT_STEPS = 300
 MIN_SUBTOMOGRAMS = 100        # below this the statistics are too noisy to trust (bench_adapt: 'min_n')
 BATCH = 64                    # volumes per pass of the BN estimate
-USER_BATCH = 16               # user subtomograms per fine-tuning step (two views each)
-SYNTHETIC_BATCH = 16          # simulated subtomograms per step (the anchor)
-LR = 1e-4
+VIEWS = 4                     # wedge-keeping views per user subtomogram (the first as given)
+HEAD_SAMPLE = 4096            # user subtomograms whose descriptors the fine-tuning sees
+SYNTHETIC_BANK = 512          # simulated subtomograms of the anchor
+HEAD_BATCH = 256
+LR = 1e-3
 RECLUSTER_EVERY = 100
-PSEUDO_SAMPLE = 2048          # user subtomograms clustered for the pseudo-labels
+PSEUDO_K = 20                 # over-clustering for the pseudo-labels
 PSEUDO_CONFIDENT = 0.5        # fraction of each cluster (nearest its centroid) kept
 TEMPERATURE = 0.1
 WEIGHTS = {'synthetic': 1.0, 'consistency': 1.0, 'pseudo': 1.0}
@@ -256,32 +262,6 @@ def _embed_source(model, source, idx, device, batch_size=BATCH):
                       for b in source.batches(batch_size, idx)]).numpy()
 
 
-def _pseudo_labels(model, source, device, seed, round_):
-    """(indices, labels, centroids) of the confident items of an over-clustering."""
-    from deepcluster.core.analysis.cluster import cluster_features
-    rng = np.random.default_rng([seed, round_])
-    n = len(source)
-    idx = np.sort(rng.choice(n, min(n, PSEUDO_SAMPLE), replace=False))
-    X = _embed_source(model, source, idx, device)
-    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    k = int(min(20, max(2, len(idx) // 20)))
-    lab = np.asarray(cluster_features(X, k, 'kmeans', seed=seed + round_, scores=False)[0])
-    uniq = np.unique(lab)
-    lab = np.searchsorted(uniq, lab)
-    C = np.stack([X[lab == c].mean(0) for c in range(len(uniq))])
-    C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
-    sim = (X * C[lab]).sum(1)
-    keep = np.zeros(len(idx), bool)
-    for c in range(len(uniq)):
-        m = np.flatnonzero(lab == c)
-        keep[m[np.argsort(-sim[m])[:max(1, int(round(len(m) * PSEUDO_CONFIDENT)))]]] = True
-    return idx[keep], torch.from_numpy(lab[keep]), torch.from_numpy(C).float()
-
-
-def _step_gen(seed, step):
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step) + 17) % (2 ** 63))
-
-
 def _bn_stats(model):
     return [(m.running_mean.clone(), m.running_var.clone()) for m in bn_layers(model)]
 
@@ -293,93 +273,146 @@ def _set_bn_stats(model, stats):
         m.running_var.copy_(var)
 
 
+def _gen(seed, *keys):
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), *keys]).generate_state(1)[0]))
+
+
+@torch.no_grad()
+def user_descriptors(model, source, seed, device, views=None, sample=None, progress=True):
+    """(items, pooled encoder descriptors (views, M, C)) of a seeded subsample of up
+    to ``sample`` user subtomograms: view 0 as given, the others ``wedge_views``."""
+    views, sample = views or VIEWS, sample or HEAD_SAMPLE
+    rng = np.random.default_rng([int(seed), 1])
+    n = len(source)
+    idx = np.sort(rng.choice(n, min(n, sample), replace=False))
+    out, t0 = [], time.perf_counter()
+    for v in range(views):
+        parts = []
+        for j, a in enumerate(range(0, len(idx), BATCH)):
+            x = source.batch(idx[a:a + BATCH])
+            if v:
+                x = wedge_views(x, _gen(seed, 2, v, j))
+            parts.append(model._pooled(_input(x, device)).float())
+        out.append(torch.cat(parts))
+        if progress:
+            el = time.perf_counter() - t0
+            log.info('adapt full: view %d/%d of %d subtomograms  ETA %s', v + 1, views, len(idx),
+                     fmt_time(el / (v + 1) * (views - v - 1)))
+    return idx, torch.stack(out)
+
+
+@torch.no_grad()
+def synthetic_descriptors(model, sim, seed, device, n=None):
+    """(pooled descriptors (n, C), head indices) of ``n`` subtomograms simulated
+    from the model's training classes (balanced, seeded)."""
+    n = n or SYNTHETIC_BANK
+    g = _gen(seed, 3)
+    k = len(sim.class_names)
+    lab = torch.arange(n) % k
+    lab = lab[torch.randperm(n, generator=g)]
+    parts = []
+    for a in range(0, n, BATCH):
+        parts.append(model._pooled(_input(sim.batch(lab[a:a + BATCH], g).float(), device)).float())
+    return torch.cat(parts), sim.head_index[lab].to(device)
+
+
+def _pseudo_labels(f, seed, round_):
+    """(labels, unit centroids, confident mask) of an over-clustering of features f."""
+    from deepcluster.core.analysis.cluster import cluster_features
+    X = F.normalize(f, dim=1).cpu().numpy()
+    k = int(min(PSEUDO_K, max(2, len(X) // 20)))
+    lab = np.asarray(cluster_features(X, k, 'kmeans', seed=int(seed) + round_, scores=False)[0])
+    lab = np.searchsorted(np.unique(lab), lab)
+    C = np.stack([X[lab == c].mean(0) for c in range(lab.max() + 1)])
+    C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    sim = (X * C[lab]).sum(1)
+    keep = np.zeros(len(X), bool)
+    for c in range(len(C)):
+        m = np.flatnonzero(lab == c)
+        keep[m[np.argsort(-sim[m])[:max(1, int(round(len(m) * PSEUDO_CONFIDENT)))]]] = True
+    dev = f.device
+    return torch.from_numpy(lab).to(dev), torch.from_numpy(C).float().to(dev), torch.from_numpy(keep).to(dev)
+
+
 def finetune(model, config, source, steps=DEFAULT_STEPS, minutes=DEFAULT_MINUTES, seed=0, device='cpu',
-             weights=None, lr=LR, progress=True, synthetic_stats=None):
-    """Fine-tune ``model`` (BatchNorm statistics fixed: the user's for the user's
-    batches, ``synthetic_stats`` (the un-adapted model's) for the simulated ones,
-    as domain-specific BatchNorm) on ``source``; returns (model, card)."""
+             weights=None, lr=None, progress=True, synthetic_stats=None):
+    """Fine-tune the layers after the encoder (the fully connected layers that make
+    the 32-d feature, and the classifier) of ``model`` on the pooled descriptors of
+    the user's subtomograms (several wedge-keeping views each, through the encoder
+    with the user's BatchNorm statistics) and of simulated ones (through the encoder
+    with ``synthetic_stats``, the un-adapted model's: domain-specific BatchNorm).
+    The encoder's weights stay. Returns (model, card)."""
     w = dict(WEIGHTS, **(weights or {}))
+    lr = LR if lr is None else lr
+    t0 = time.perf_counter()
+    deadline = t0 + 60.0 * minutes if minutes else None
+    model.eval()
+    idx, du = user_descriptors(model, source, seed, device, progress=progress)
     sim = anchor_simulator(config, 'cpu', seed) if w['synthetic'] > 0 else None
     if w['synthetic'] > 0 and sim is None:
         log.warning('adapt full: the model has no simulated training card: no synthetic anchor')
-    params = [p for p in model.parameters() if p.requires_grad]
+    if sim is not None:
+        user_stats = _bn_stats(model)
+        _set_bn_stats(model, synthetic_stats or user_stats)
+        ds, ys = synthetic_descriptors(model, sim, seed, device)
+        _set_bn_stats(model, user_stats)
+    params = list(model.embed.parameters()) + list(model.head.parameters())
     opt = torch.optim.Adam(params, lr=lr)
-    t0 = time.perf_counter()
-    deadline = t0 + 60.0 * minutes if minutes else None
-    n = len(source)
-    pseudo = None
-    user_stats = _bn_stats(model)
-    synthetic_stats = synthetic_stats or user_stats
-    sums = {'synthetic': 0.0, 'consistency': 0.0, 'pseudo': 0.0}
-    done, last = 0, t0
-    planned = steps
+    views, m = du.shape[0], du.shape[1]
+    sums = {k: 0.0 for k in WEIGHTS}
+    pseudo, last, done, planned = None, time.perf_counter(), 0, steps
     for step in range(steps):
+        g = _gen(seed, 4, step)
         if w['pseudo'] > 0 and step % RECLUSTER_EVERY == 0:
-            pseudo = _pseudo_labels(model, source, device, seed, step // RECLUSTER_EVERY)
-            pos = {int(i): j for j, i in enumerate(pseudo[0])}
-        g = _step_gen(seed, step)
-        model.eval()           # BatchNorm keeps fixed statistics; gradients flow
+            with torch.no_grad():
+                pseudo = _pseudo_labels(model.embed(du[0]), seed, step // RECLUSTER_EVERY)
         opt.zero_grad(set_to_none=True)
-        if sim is not None:
-            lab = torch.randint(len(sim.class_names), (SYNTHETIC_BATCH,), generator=g)
-            xs = sim.batch(lab, g).float()
-            _set_bn_stats(model, synthetic_stats)
-            logits, _ = model.forward_both(_input(xs, device))
-            l_syn = F.cross_entropy(logits, sim.head_index[lab].to(device))
-            (w['synthetic'] * l_syn).backward()
-            sums['synthetic'] += float(l_syn.detach())
-            _set_bn_stats(model, user_stats)
         loss = 0.0
-        pool = pseudo[0] if (pseudo is not None and w['consistency'] == 0) else np.arange(n)
-        idx = np.sort(pool[torch.randint(len(pool), (min(USER_BATCH, len(pool)),), generator=g).numpy()])
-        xu = source.batch(idx)
-        v1, v2 = wedge_views(xu, g), wedge_views(xu, g)
-        f = model.features(_input(torch.cat([v1, v2]), device))
-        f = F.normalize(f, dim=1)
-        f1, f2 = f[:len(idx)], f[len(idx):]
+        if sim is not None:
+            j = torch.randint(len(ys), (HEAD_BATCH,), generator=g)
+            l_syn = F.cross_entropy(model.head(model.embed(ds[j])), ys[j])
+            loss = loss + w['synthetic'] * l_syn
+            sums['synthetic'] += float(l_syn.detach())
+        i = torch.randint(m, (HEAD_BATCH,), generator=g)
+        va = torch.randint(views, (HEAD_BATCH,), generator=g)
+        vb = (va + 1 + torch.randint(max(views - 1, 1), (HEAD_BATCH,), generator=g)) % views
+        fa = F.normalize(model.embed(du[va, i]), dim=1)
+        fb = F.normalize(model.embed(du[vb, i]), dim=1)
         if w['consistency'] > 0:
-            l_c = (1 - (f1 * f2).sum(1)).mean()
+            l_c = (1 - (fa * fb).sum(1)).mean()
             loss = loss + w['consistency'] * l_c
             sums['consistency'] += float(l_c.detach())
         if pseudo is not None:
-            m = torch.tensor([int(i) in pos for i in idx])
-            if m.any():
-                tgt = pseudo[1][[pos[int(i)] for i in idx[m.numpy()]]].to(device)
-                C = pseudo[2].to(device)
-                l_p = 0.5 * (F.cross_entropy(f1[m.to(device)] @ C.T / TEMPERATURE, tgt)
-                             + F.cross_entropy(f2[m.to(device)] @ C.T / TEMPERATURE, tgt))
+            lab, C, keep = pseudo
+            k = keep[i]
+            if k.any():
+                l_p = 0.5 * (F.cross_entropy(fa[k] @ C.T / TEMPERATURE, lab[i][k])
+                             + F.cross_entropy(fb[k] @ C.T / TEMPERATURE, lab[i][k]))
                 loss = loss + w['pseudo'] * l_p
                 sums['pseudo'] += float(l_p.detach())
-        if torch.is_tensor(loss):
-            loss.backward()
+        loss.backward()
         opt.step()
         done = step + 1
         now = time.perf_counter()
-        rate = done / max(now - t0, 1e-9)
-        if deadline and done == 5:
-            fit = int(done + (deadline - now) * rate)
-            if fit < steps:
-                log.warning('adapt full: %d steps do not fit in %.1f minutes at %.2f steps/s: '
-                            'stopping after %d (the result depends on the machine; pass more '
-                            '--adapt-minutes for the full run)', steps, minutes, rate, max(fit, done))
-                steps = max(fit, done)
+        if deadline and now > deadline and done < steps:
+            log.warning('adapt full: the %.1f-minute budget ran out after %d of %d steps (the result '
+                        'depends on the machine; give more --adapt-minutes for the full run)',
+                        minutes, done, steps)
+            break
         if progress and (now - last > 10 or done == steps):
             last = now
-            log.info('adapt full: step %d/%d  %.2f steps/s  losses %s  ETA %s', done, steps, rate,
-                     ' '.join('%s %.3f' % (k, v / done) for k, v in sums.items() if w[k] > 0),
-                     fmt_time((steps - done) / max(rate, 1e-9)))
-        if done >= steps:
-            break
+            log.info('adapt full: step %d/%d  losses %s', done, steps,
+                     ' '.join('%s %.3f' % (k, v / done) for k, v in sums.items() if w[k] > 0))
     model.eval()
-    card = {'steps': done, 'steps_planned': planned, 'lr': lr, 'weights': w,
-            'user_batch': USER_BATCH, 'synthetic_batch': SYNTHETIC_BATCH if sim is not None else 0,
+    card = {'trained': 'the fully connected layers after the encoder (encoder weights kept)',
+            'steps': done, 'steps_planned': planned, 'lr': lr, 'weights': w, 'views': int(views),
+            'user_items': int(m), 'synthetic_items': int(len(ys)) if sim is not None else 0,
             'anchor_classes': len(sim.class_names) if sim is not None else 0,
             'mean_losses': {k: round(v / max(done, 1), 4) for k, v in sums.items() if w[k] > 0},
             'seconds': round(time.perf_counter() - t0, 1)}
     return model, card
 
 
-# ================================================================ the entry point
 @dataclasses.dataclass
 class AdaptResult:
     model: object            # the model to embed with (the adapted one, or the original if rejected)
@@ -416,7 +449,6 @@ def adapt_model(model, config, source, mode=DEFAULT_MODE, minutes=DEFAULT_MINUTE
         new, report['finetune'] = finetune(new, config, source, DEFAULT_STEPS if steps is None else steps,
                                            minutes, seed, dev, weights, progress=progress,
                                            synthetic_stats=[(a.to(dev), b.to(dev)) for a, b in _bn_stats(model)])
-        reestimate_bn(new, source, device=dev, progress=progress)
     report['seconds'] = round(time.perf_counter() - t0, 1)
     accepted, reason = True, 'adapted'
     if guard:
