@@ -88,10 +88,16 @@ def run_demo(args):
     t0 = time.time()
     report = os.path.abspath(args.out)
     structures = os.path.abspath(args.structures) if args.structures else None
+    from deepcluster.core.outputs import mark_folder, read_stamp
     manager = Manager()
     if manager.hasProject(args.project):
+        path = manager.getProjectPath(args.project)
+        if read_stamp(path) != 'demo' and args.project != PROJECT:   # a user's project: never deleted
+            raise DeepClusterError('--project %s: a Scipion project that the demo did not create; give '
+                                   'another name' % args.project)
         manager.deleteProject(args.project)
     project = manager.createProject(args.project)
+    mark_folder(project.path, 'demo')               # ours: the next demo may replace it
     use_tomography_view(project)
     cwd = os.getcwd()
     os.chdir(project.path)          # pyworkflow resolves run paths from the project folder

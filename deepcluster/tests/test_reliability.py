@@ -645,3 +645,67 @@ def test_a_pipe_named_mrc_does_not_hang_the_reader(work):
     p = subprocess.run([sys.executable, '-m', 'deepcluster', '-q', 'embed', 'fifo', '--model', 'm.pt',
                         '--out', 'g.npy'], env=ENV, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and 'not a regular file' in p.stderr and 'Traceback' not in p.stderr
+
+
+# ------------------------------------------------ the commit itself (core/outputs)
+def _folder(path, text):
+    os.makedirs(path)
+    open(os.path.join(path, 'x.txt'), 'w').write(text)
+
+
+@pytest.mark.parametrize('fail', [False, True])
+def test_folder_replacement_without_renameat2(tmp_path, monkeypatch, fail):
+    """Where the atomic swap is not available the folder is moved aside and back under
+    the journal; an error at the second rename puts the old folder back."""
+    monkeypatch.setattr(outputs, '_exchange', lambda a, b: False)
+    old, new = str(tmp_path / 'out'), str(tmp_path / 'new')
+    _folder(old, 'old')
+    _folder(new, 'new')
+    if fail:
+        _replace_failing_on(monkeypatch, 2)          # 1: the journal, 2: new -> out
+        with pytest.raises(OSError):
+            outputs.commit([(new, old)])
+    else:
+        outputs.commit([(new, old)])
+    assert open(os.path.join(old, 'x.txt')).read() == ('old' if fail else 'new')
+    assert not litter(str(tmp_path))
+
+
+FOLDER_KILL = r'''
+import os, sys
+from deepcluster.core import outputs
+outputs._exchange = lambda a, b: False
+real = os.replace; calls = [0]
+def fake(a, b, *x, **k):
+    calls[0] += 1
+    if calls[0] == 2:
+        os._exit(9)            # killed with the old folder moved aside, the new not in place
+    return real(a, b, *x, **k)
+os.replace = fake
+outputs.commit([(sys.argv[1], sys.argv[2])])
+'''
+
+
+def test_a_kill_with_the_old_folder_moved_aside_is_undone_by_the_next_run(tmp_path):
+    old, new = str(tmp_path / 'out'), str(tmp_path / 'new')
+    _folder(old, 'old')
+    _folder(new, 'new')
+    p = subprocess.run([sys.executable, '-c', FOLDER_KILL, new, old], env=ENV)
+    assert p.returncode == 9 and not os.path.exists(old) and litter(str(tmp_path))
+    outputs.clean_stale(str(tmp_path))
+    assert open(os.path.join(old, 'x.txt')).read() == 'old' and not litter(str(tmp_path))
+
+
+def test_live_temporaries_of_another_run_are_left_alone(tmp_path):
+    """A concurrent run's temporaries (its pid is alive) are not ours to clean."""
+    sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])
+    try:
+        live = tmp_path / ('.out.dc-tmp.%d.abcd1234' % sleeper.pid)
+        live.mkdir()
+        outputs.clean_stale(str(tmp_path))
+        assert live.is_dir()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    outputs.clean_stale(str(tmp_path))
+    assert not live.exists()

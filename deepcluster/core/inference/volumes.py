@@ -50,7 +50,7 @@ def plain_mrc_layout(head, file_size):
     return shape, dtype, offset, (vx if np.isfinite(vx) and vx > 0 else 0.0)
 
 
-VOXEL_RANGE = (0.1, 1000.0)   # Å: a header outside this has no usable voxel size
+VOXEL_RANGE = (0.1, 100.0)    # Å: a header outside this has no usable voxel size (1000 Å: none)
 MAX_VOXELS = 512 ** 3          # a subtomogram or map larger than this is refused, not read
 _ALL_MODES = (0, 1, 2, 3, 4, 6, 12, 101)
 
