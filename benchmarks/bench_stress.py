@@ -134,28 +134,36 @@ def main(argv=None):
     root = tempfile.mkdtemp(prefix='bench_stress_')
     cwd = os.getcwd()
     t_start = time.time()
+    rows, cmds, durations = [], [], {}
     try:
-        durations = setup(root)
+        durations.update(setup(root))
         print('one run of each (s): %s' % {k: round(v, 1) for k, v in durations.items()}, flush=True)
         inputs = tree_hash(INPUTS)
-        cmds = list(durations)
-        rows = []
+        cmds.extend(durations)
         for i in range(a.kills):
             cmd = cmds[i % len(cmds)]
             sig = signal.SIGTERM if rng.random() < 0.3 else signal.SIGKILL
-            # most of a short run is start-up: 70% of the kills fall in its second half
-            delay = (rng.uniform(0.5, 1.05) if rng.random() < 0.7 else rng.uniform(0.1, 0.5)) * durations[cmd]
+            # half the kills at a random moment of the run (much of a short run is start-up),
+            # half at a random moment once it writes (its temporaries exist): the commit points
+            when = 'writing' if i % 2 else 'random'
             before = tree_hash(OUTPUTS[cmd])
+            t0 = time.time()
             proc = subprocess.Popen([sys.executable, '-m', 'deepcluster', '-q'] + commands(i + 1)[cmd],
                                     env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            time.sleep(delay)
+            if when == 'random':
+                time.sleep(rng.uniform(0.1, 1.05) * durations[cmd])
+            else:
+                while proc.poll() is None and not litter() and time.time() - t0 < 3 * durations[cmd]:
+                    time.sleep(0.001)
+                time.sleep(rng.choice([0.0, rng.uniform(0, 0.005), rng.uniform(0, 0.05), rng.uniform(0, 1.0)]))
+            delay = time.time() - t0
             temporaries = bool(litter())
             finished = proc.poll() is not None
             proc.send_signal(sig)
             err = proc.communicate()[1]
             after = tree_hash(OUTPUTS[cmd])
             whole = output_ok(cmd)
-            row = {'i': i, 'command': cmd, 'signal': sig.name, 'delay_s': round(delay, 2),
+            row = {'i': i, 'command': cmd, 'signal': sig.name, 'when': when, 'delay_s': round(delay, 2),
                    'finished_before_signal': finished, 'temporaries_at_signal': temporaries,
                    'rc': proc.returncode, 'traceback': 'Traceback' in err,
                    'inputs_unchanged': tree_hash(INPUTS) == inputs,
@@ -165,18 +173,29 @@ def main(argv=None):
             row.update(rerun_rc=p.returncode, rerun_traceback='Traceback' in p.stderr,
                        litter_after_rerun=litter(), output_whole_after_rerun=output_ok(cmd) == '')
             rows.append(row)
-            print('%2d %-8s %-7s %5.2fs temps=%d intact=%d whole=%d rerun=%d litter=%d' % (
-                i, cmd, sig.name, delay, temporaries, row['old_output_intact'], row['output_whole'],
+            write_result(out, rows, cmds, durations, t_start, final=False)
+            print('%2d %-8s %-7s %-7s %5.2fs temps=%d intact=%d whole=%d rerun=%d litter=%d' % (
+                i, cmd, sig.name, when, delay, temporaries, row['old_output_intact'], row['output_whole'],
                 p.returncode, len(row['litter_after_rerun'])), flush=True)
     finally:
         os.chdir(cwd)
         shutil.rmtree(root, ignore_errors=True)
+    summary = write_result(out, rows, cmds, durations, t_start, final=True)
+    print(json.dumps(summary, indent=1))
+    if not summary['passed']:
+        sys.exit('bench_stress: the output policy failed (see %s)' % out)
+
+
+def write_result(out, rows, cmds, durations, t_start, final):
+    """The JSON, rewritten after every kill (so a long run shows where it is)."""
     killed = [r for r in rows if not r['finished_before_signal']]
     summary = {
         'kills': len(rows), 'killed_while_running': len(killed),
         'by_command': {c: sum(r['command'] == c for r in rows) for c in cmds},
         'by_signal': {s: sum(r['signal'] == s for r in rows) for s in ('SIGKILL', 'SIGTERM')},
         'with_temporaries_at_signal': sum(r['temporaries_at_signal'] for r in rows),
+        'at_random_moments': sum(r['when'] == 'random' for r in rows),
+        'while_writing': sum(r['when'] == 'writing' for r in rows),
         'inputs_modified': sum(not r['inputs_unchanged'] for r in rows),
         'outputs_not_whole_after_kill': sum(not r['output_whole'] for r in rows),
         'old_output_intact': sum(r['old_output_intact'] for r in rows),
@@ -187,7 +206,7 @@ def main(argv=None):
         'litter_after_rerun': sum(bool(r['litter_after_rerun']) for r in rows),
         'sigterm_litter_at_once': sum(r['litter_after_kill'] > 0 for r in rows if r['signal'] == 'SIGTERM'),
         'one_run_seconds': {k: round(v, 2) for k, v in durations.items()},
-        'seconds': round(time.time() - t_start, 1),
+        'seconds': round(time.time() - t_start, 1), 'complete': final,
     }
     ok = (summary['inputs_modified'] == summary['tracebacks'] == summary['rerun_failures']
           == summary['outputs_not_whole_after_rerun'] == summary['litter_after_rerun'] == 0)
@@ -196,9 +215,7 @@ def main(argv=None):
     with open(out + '.tmp', 'w') as f:
         json.dump({'summary': summary, 'kills': rows}, f, indent=1)
     os.replace(out + '.tmp', out)
-    print(json.dumps(summary, indent=1))
-    if not ok:
-        sys.exit('bench_stress: the output policy failed (see %s)' % out)
+    return summary
 
 
 if __name__ == '__main__':

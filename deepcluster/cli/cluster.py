@@ -70,22 +70,18 @@ def run(args):
         m = summary['metrics']
         log.info('V-measure %.3f (homogeneity %.3f, completeness %.3f), ARI %.3f on %d items',
                  m['v_measure'], m['homogeneity'], m['completeness'], m['ari'], m['n'])
-    write_plots = None
-    if args.plots:
+    t_all = None if truth is None else np.array([t if t is not None else '(no label)' for t in truth])
+
+    def figures(folder):      # into the temp folder committed with labels.csv
         from deepcluster.core.analysis import plots
         log.info('figures into %s%s', args.plots, ' (t-SNE of up to %d items: a minute or two on '
                  'a CPU)' % plots.EMBED_MAX_POINTS if args.embedding == 'tsne' else '')
-        t_all = None
-        if truth is not None:
-            t_all = np.array([t if t is not None else '(no label)' for t in truth])
-
-        def write_plots(folder):      # into the temp folder committed with labels.csv
-            return plots.write_cluster_report(
-                folder, X, labels + 1, truth=t_all, sweep=sweep, curve=curve, seed=args.seed,
-                gallery=gallery(files, labels, dist),
-                embedding=args.embedding, true_k=len(set(t_sel.tolist())) if truth is not None else None,
-                files=files, k_used=info['k'])
-    js = write_cluster_outputs(out, files, labels, dist, summary, plots=plots_dir, write_plots=write_plots)
+        return plots.write_cluster_report(
+            folder, X, labels + 1, truth=t_all, sweep=sweep, curve=curve, seed=args.seed,
+            gallery=gallery(files, labels, dist),
+            embedding=args.embedding, true_k=len(set(t_sel.tolist())) if truth is not None else None,
+            files=files, k_used=info['k'])
+    js = write_cluster_outputs(out, files, labels, dist, summary, plots=plots_dir, write_plots=figures)
     log.info('wrote %s and %s (%d clusters, sizes %s)', args.out, js, info['k'], info['sizes'])
     return summary
 

@@ -26,8 +26,8 @@ import torch
 from deepcluster.cli import main
 from deepcluster.core import DeepClusterError, outputs
 from deepcluster.core.inference.features import load_features
-from deepcluster.core.inference.volumes import write_labels, write_volume
-from deepcluster.core.model.network import build_model, default_config, save_model
+from deepcluster.core.inference.volumes import write_volume
+from deepcluster.core.model.network import build_model, default_config
 from deepcluster.tests.test_train import make_folder
 
 BOX = 16
