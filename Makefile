@@ -6,11 +6,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: venv demo test test-scipion bench model clean help
+.PHONY: venv demo test test-scipion test-gui bench model clean help
 
 help:
 	@echo "make demo   - set up, then run the whole chain on a built-in example (headless Scipion project)"
 	@echo "make test   - set up, then run unit + headless Scipion protocol tests"
+	@echo "make test-gui - the demo project in the real Scipion GUI under Xvfb: screenshots -> docs/images/"
 	@echo "make bench  - speed/quality benchmarks -> benchmarks/results/*.json"
 	@echo "make model  - retrain the shipped models (deepcluster/models/)"
 
@@ -35,6 +36,19 @@ test: $(STAMP)
 test-scipion: $(STAMP)
 	SCIPION_HOME=$$($(PY) -c "from deepcluster import headless; print(headless.configure())") \
 	SCIPION_PYTHON=$(abspath $(PY)) $(VENV)/bin/scipion tests deepcluster.tests
+
+# The GUI as a user meets it: the demo project opened in the real Scipion GUI on a
+# virtual display, every deepcluster form and viewer screenshotted (build/gui/shots/,
+# the README's set into docs/images/) and checked. Installs Xvfb, xdotool and
+# ImageMagick with apt-get when they are missing (as root, or through sudo).
+GUI_TOOLS := Xvfb xdotool import
+test-gui: $(STAMP)
+	@for t in $(GUI_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -q && $$SUDO apt-get install -y -q xvfb xdotool imagemagick x11-utils; \
+	fi
+	$(PY) deepcluster/tests/gui/run_gui.py --out docs/images
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
