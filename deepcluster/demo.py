@@ -69,6 +69,16 @@ def _failure_cause(prot):
     return '%s (logs: %s)' % (prot.getErrorMessage(), ', '.join(logs) or 'none')
 
 
+def _is_demo_project(path):
+    """A project of an older demo (before they were stamped): only the demo's runs."""
+    try:
+        runs = os.listdir(os.path.join(path, 'Runs'))
+    except OSError:
+        return False
+    return all(r.split('_', 1)[-1] in ('ProtDeepClusterSimulate', 'ProtDeepClusterEmbed',
+                                       'ProtDeepClusterCluster', 'ProtClassesSelector') for r in runs)
+
+
 def is_demo_report(path):
     """A report folder of a demo from before reports were stamped."""
     try:
@@ -92,7 +102,7 @@ def run_demo(args):
     manager = Manager()
     if manager.hasProject(args.project):
         path = manager.getProjectPath(args.project)
-        if read_stamp(path) != 'demo' and args.project != PROJECT:   # a user's project: never deleted
+        if read_stamp(path) != 'demo' and args.project != PROJECT and not _is_demo_project(path):
             raise DeepClusterError('--project %s: a Scipion project that the demo did not create; give '
                                    'another name' % args.project)
         manager.deleteProject(args.project)
