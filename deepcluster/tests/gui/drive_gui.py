@@ -208,7 +208,12 @@ def main(project_name, out):
     import numpy as np
     from scipy.spatial import ConvexHull
     sizes = {c: int((s.classes == c).sum()) for c in s.classIds()}
-    target = max(sizes, key=sizes.get)
+    def is_particle(c):                  # a class of particles, not of empty boxes
+        if s.truth is None:
+            return True
+        labels = [t for t, k in zip(s.truth, s.classes) if k == c]
+        return max(set(labels), key=labels.count) != 'negative'
+    target = max((c for c in sizes if is_particle(c)), key=sizes.get)
     pts = s.xy[s.classes == target]
     hull = pts[ConvexHull(pts).vertices]
     centre = hull.mean(0)

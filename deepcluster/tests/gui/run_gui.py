@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 PROJECT = 'deepcluster_gui'
 # screenshot name in the work folder -> name in docs/images (the README's set)
-README_SHOTS = {'launcher_project_window': 'project_tomography_view.png',
+README_SHOTS = {'project_tomography_view': 'project_tomography_view.png',
                 'classify_form': 'classify_form.png',
                 'classes_gallery': 'classes_gallery.png',
                 'map_lasso_selection': 'map_lasso_selection.png',
