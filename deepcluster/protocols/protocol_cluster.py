@@ -189,6 +189,9 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
         out.copyInfo(source)
         for row, item in enumerate(source.iterItems(orderBy='id')):
             item.setClassId(int(labels[row]))
+            coord = item.getCoordinate3D() if item.hasCoordinate3D() else None
+            if coord is not None and coord.getTomoId():
+                item.setVolName(coord.getTomoId())   # tomo's convention (iterSubtomos(volume) matches tsId)
             item._dcDistance = pwobj.Float(float(dists[row]))
             if features is not None:
                 setattr(item, FEATURE_ATTR, pwobj.String(featureString(features[row])))

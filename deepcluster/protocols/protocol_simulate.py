@@ -153,7 +153,7 @@ class ProtDeepClusterSimulate(ProtDeepClusterBase):
             st.setAcquisition(acq)
             st.setCoordinate3D(coord)
             st.setVolId(tomo.getObjId())
-            st.setVolName(tomo.getFileName())
+            st.setVolName(tsId)                      # tomo's iterSubtomos(volume) matches volName to tsId
             st.setTransform(Transform(part['matrix']))
             setattr(st, LABEL_ATTR, pwobj.String(row['label']))
             subtomos.append(st)
