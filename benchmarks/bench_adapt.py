@@ -134,14 +134,57 @@ def quality(model, config, sets, modes, variants):
     return out
 
 
+def apply_guard(q, margin):
+    """Each adapted row's outcome under the guard with ``margin`` (from its recorded
+    silhouettes and unguarded scores): 'guarded' {accepted, v_measure, realistic_score}."""
+    for row in q.values():
+        for mode, r in row.items():
+            if not isinstance(r, dict) or mode == 'none' or 'v_measure_unguarded' not in r:
+                continue
+            sep = r.get('separability') or {}
+            ok = bool(sep) and sep['after'] >= sep['before'] - margin
+            g = {'accepted': ok, 'margin': margin,
+                 'v_measure': r['v_measure_unguarded'] if ok else row['none']['v_measure']}
+            if 'realistic_score' in row['none']:
+                g['realistic_score'] = r['realistic_score_unguarded'] if ok else row['none']['realistic_score']
+            r['guarded'] = g
+    return q
+
+
+def _v(r, guarded):
+    return r['guarded']['v_measure'] if guarded and 'guarded' in r else r['v_measure']
+
+
+def _rare_f1(r, guarded):
+    sc = r['guarded'].get('realistic_score') if guarded and 'guarded' in r else r.get('realistic_score')
+    if not sc:
+        return None
+    return ((sc.get('rare') or {}).get('at_true_k') or {}).get('f1')
+
+
 def summarise(q, modes):
-    s = {}
+    apply_guard(q, adapt.GUARD_MARGIN)
+    s = {'guard_margin': adapt.GUARD_MARGIN}
     for mode in modes:
-        vs = [row[mode]['v_measure'] for row in q.values() if mode in row]
-        d = [row[mode]['v_measure'] - row['none']['v_measure'] for row in q.values() if mode in row and 'none' in row]
-        s[mode] = {'mean_v': round(float(np.mean(vs)), 4), 'sd_v': round(float(np.std(vs)), 4),
-                   'mean_delta_vs_none': round(float(np.mean(d)), 4) if d else None,
-                   'min_delta_vs_none': round(float(np.min(d)), 4) if d else None, 'n_sets': len(vs)}
+        for key, guarded in (('unguarded', False), ('guarded', True)) if mode != 'none' else (('', False),):
+            rows = [row for row in q.values() if mode in row]
+            vs = [(_v(row[mode], guarded) if guarded else row[mode].get('v_measure_unguarded', row[mode]['v_measure']))
+                  for row in rows]
+            d = [v - row['none']['v_measure'] for v, row in zip(vs, rows)]
+            ent = {'mean_v': round(float(np.mean(vs)), 4), 'sd_v': round(float(np.std(vs)), 4),
+                   'mean_delta_vs_none': round(float(np.mean(d)), 4), 'min_delta_vs_none': round(float(np.min(d)), 4),
+                   'max_delta_vs_none': round(float(np.max(d)), 4), 'n_sets': len(vs)}
+            if guarded:
+                ent['accepted'] = sum(bool(row[mode].get('guarded', {}).get('accepted')) for row in rows)
+            if mode != 'none' and not guarded:
+                f1 = [(row[mode].get('realistic_score_unguarded') or {}) for row in rows]
+                f1 = [_rare_f1({'realistic_score': sc}, False) for sc in f1]
+            else:
+                f1 = [_rare_f1(row[mode], guarded) for row in rows]
+            f1 = [x for x in f1 if x is not None]
+            if f1:
+                ent['rare_f1'] = [round(float(x), 4) for x in f1]
+            s[mode + (':' + key if key else '')] = ent
     return s
 
 
@@ -211,6 +254,10 @@ def make_files(n, tmp):
         write_volume(os.path.join(tmp, 'sub_%05d.mrc' % i), -v, 13.68)
 
 
+def _plain(o):
+    return o.item() if hasattr(o, 'item') else o.tolist() if hasattr(o, 'tolist') else str(o)
+
+
 # ------------------------------------------------------------------ main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,7 +274,22 @@ def main(argv=None):
     ap.add_argument('--cost-n', type=int, nargs='+', default=[1000, 10000])
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--out', default=os.path.join(RESULTS, 'bench_adapt.json'))
+    ap.add_argument('--merge', action='store_true', help='add these sets to those already in --out')
+    ap.add_argument('--cached-only', action='store_true', help='realistic: only the sets already simulated')
+    ap.add_argument('--resummarise', action='store_true',
+                    help='only recompute the summaries of --out (the guard at the current margin)')
     a = ap.parse_args(argv)
+    if a.resummarise:
+        res = json.load(open(a.out))
+        for part, d in res['parts'].items():
+            if isinstance(d, dict) and 'sets' in d:
+                modes = [m for m in ('none', 'bn', 'full') if any(m in row for row in d['sets'].values())]
+                d['summary'] = summarise(d['sets'], modes)
+                print(part, json.dumps(d['summary'], indent=1))
+        with open(a.out + '.tmp', 'w') as f:
+            json.dump(res, f, indent=1, default=_plain)
+        os.replace(a.out + '.tmp', a.out)
+        return
     torch.set_num_threads(a.threads)
     os.environ.setdefault('DEEPCLUSTER_STRUCTURES', os.path.abspath(os.path.join(REPO, '..', 'shared', 'structures')))
     model, config = load_model(resolve_model_path(None))
@@ -252,9 +314,16 @@ def main(argv=None):
             sets = {'physical13.68:%d' % s: ((lambda s=s: physical_set(s)), None) for s in a.seeds}
         elif part == 'source':
             sets = {k: (f, None) for k, f in source_sets().items()}
+        if part == 'realistic' and a.cached_only:
+            from realistic import sets as rsets
+            sets = {k: v for k, v in sets.items()
+                    if os.path.exists(rsets.cache_path(k.split(':')[0], int(k.split(':')[1]), 13.68))}
         if part in ('realistic', 'physical', 'source'):
             q = quality(model, config, sets, a.modes, variants)
-            result['parts'][part] = {'seeds': a.seeds, 'sets': q, 'summary': summarise(q, a.modes)}
+            if a.merge:
+                q = dict(result['parts'].get(part, {}).get('sets', {}), **q)
+            result['parts'][part] = {'seeds': sorted({int(k.split(':')[1]) for k in q if ':' in k}) or None,
+                                     'sets': q, 'summary': summarise(q, a.modes)}
             print(json.dumps(result['parts'][part]['summary']), flush=True)
         elif part == 'min_n':       # on validation sets only
             rows = {}
@@ -274,11 +343,11 @@ def main(argv=None):
                     print('  %s n=%d: %s' % (mode, n, r), flush=True)
             result['parts']['cost'] = rows
         with open(a.out + '.tmp', 'w') as f:
-            json.dump(result, f, indent=1)
+            json.dump(result, f, indent=1, default=_plain)
         os.replace(a.out + '.tmp', a.out)
     result['seconds'] = round(time.time() - t_all, 1)
     with open(a.out + '.tmp', 'w') as f:
-        json.dump(result, f, indent=1)
+        json.dump(result, f, indent=1, default=_plain)
     os.replace(a.out + '.tmp', a.out)
     print('wrote %s' % a.out)
 

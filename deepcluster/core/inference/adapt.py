@@ -19,16 +19,23 @@
     the model's own training classes (its config's training card; through the
     un-adapted BatchNorm statistics: domain-specific BatchNorm) into pooled
     descriptors once; the steps then train on those: the cross-entropy of the
-    simulated ones, the consistency of two views of one user subtomogram, and
-    self-training on confident k-means pseudo-labels of the user's (over-clustered,
-    DeepCluster-style, re-clustered every ``RECLUSTER_EVERY`` steps). So a step
+    simulated ones and the consistency of two views of one user subtomogram.
+    Self-training on confident k-means pseudo-labels of the user's (over-clustered,
+    DeepCluster-style, re-clustered every ``RECLUSTER_EVERY`` steps) is there too
+    but off (weight 0): on the validation sets (bench_physical's cellular scene,
+    seeds 101-102) it lowered the V-measure by 0.017 on average while raising the
+    silhouette, i.e. it sharpens k-means' own mistakes. So a step
     costs microseconds of network time and the run is dominated by the passes
     over the data; the number of steps is fixed (``DEFAULT_STEPS``), the run
     reproducible for a seed; the time budget only stops it early (logged).
 
-Both end with a guard: the adapted features of a seeded subsample must be at
-least as separable as the un-adapted ones by an unsupervised criterion
-(``separability``), else the un-adapted model is kept (``AdaptResult.accepted``).
+Both end with a guard: the adapted features of a seeded subsample must be about
+as separable as the un-adapted ones by an unsupervised criterion (``separability``,
+the mean k-means silhouette; at most ``GUARD_MARGIN`` lower), else the un-adapted
+model is kept (``AdaptResult.accepted``). The silhouette is a weak judge of small
+changes (BatchNorm re-estimation lowers it a little where the V-measure rises;
+self-training on pseudo-labels raises it where the V-measure falls), so the
+guard catches collapse and gross damage, not a 0.01 loss.
 A set below ``MIN_SUBTOMOGRAMS`` is not adapted at all.
 """
 import copy
@@ -64,9 +71,11 @@ RECLUSTER_EVERY = 100
 PSEUDO_K = 20                 # over-clustering for the pseudo-labels
 PSEUDO_CONFIDENT = 0.5        # fraction of each cluster (nearest its centroid) kept
 TEMPERATURE = 0.1
-WEIGHTS = {'synthetic': 1.0, 'consistency': 1.0, 'pseudo': 1.0}
+WEIGHTS = {'synthetic': 1.0, 'consistency': 1.0, 'pseudo': 0.0}   # pseudo-labels: V -0.017 on validation (bench_adapt)
 GUARD_SAMPLE = 2000
 GUARD_KS = (4, 8, 12, 16)
+GUARD_MARGIN = 0.05           # silhouette the adaptation may lose before it is refused: re-estimating
+                              # BatchNorm lowers it by 0.01-0.02 where the V-measure stays or rises
 
 
 # ================================================================ the user's data
@@ -459,10 +468,12 @@ def adapt_model(model, config, source, mode=DEFAULT_MODE, minutes=DEFAULT_MINUTE
         report['separability'] = {'criterion': 'mean k-means silhouette, k in %s, %d items'
                                                 % (list(GUARD_KS), len(idx)),
                                   'before': round(before, 4), 'after': round(after, 4)}
-        if not after >= before:
+        report['separability']['margin'] = GUARD_MARGIN
+        if not after >= before - GUARD_MARGIN:
             accepted = False
             reason = ('the adapted features are less separable than the un-adapted ones (silhouette '
-                      '%.3f < %.3f): the un-adapted model is used' % (after, before))
+                      '%.3f, was %.3f; at most %.2f less is accepted): the un-adapted model is used'
+                      % (after, before, GUARD_MARGIN))
             log.warning('adapt %s: %s', mode, reason)
         else:
             log.info('adapt %s: separability %.3f -> %.3f (silhouette): adapted model used', mode, before, after)
