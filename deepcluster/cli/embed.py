@@ -65,6 +65,9 @@ def add_parser(subparsers):
     p.add_argument('--adapt-steps', type=int, default=None, metavar='S',
                    help='fine-tuning steps of --adapt full (default %d)' % ADAPT_STEPS)
     p.add_argument('--adapt-seed', type=int, default=0, help='seed of --adapt full (default 0)')
+    p.add_argument('--adapt-force', action='store_true',
+                   help='keep the adapted model even when the separability guard would refuse it '
+                        '(the guard is a weak judge of small changes: see benchmarks/results/bench_adapt.json)')
     p.set_defaults(func=_run)
     return p
 
@@ -83,7 +86,7 @@ def _run(args):
     if args.adapt_steps is not None and args.adapt_steps < 1:
         raise DeepClusterError('--adapt-steps must be at least 1, got %d' % args.adapt_steps)
     adapt = {'mode': args.adapt, 'minutes': args.adapt_minutes, 'steps': args.adapt_steps,
-             'seed': args.adapt_seed}
+             'seed': args.adapt_seed, 'guard': not args.adapt_force}
     t = time.perf_counter()
     feats = embed_files(args.inputs, model_path=args.model, voxel_size=args.voxel_size,
                         device=args.device, batch_size=args.batch_size,

@@ -53,6 +53,11 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
                       label='Adaptation time budget (min)',
                       help='Upper limit of the fine-tuning time of "full"; fewer steps are run '
                            'when the machine is too slow (logged).')
+        form.addParam('adaptForce', params.BooleanParam, default=False, condition='adapt != 0',
+                      expertLevel=params.LEVEL_ADVANCED, label='Keep the adaptation whatever the guard says',
+                      help='By default an adaptation that leaves the features clearly less separable '
+                           '(k-means silhouette down by more than 0.05) is refused and the un-adapted '
+                           'model is used. Yes: keep the adapted model anyway.')
         form.addParam('contrast', params.EnumParam, choices=list(CONTRASTS), default=0,
                       display=params.EnumParam.DISPLAY_HLIST, expertLevel=params.LEVEL_ADVANCED,
                       label='Protein contrast',
@@ -100,6 +105,8 @@ class ProtDeepClusterEmbed(ProtDeepClusterBase):
         args = ['--adapt', mode]
         if mode == 'full':
             args += ['--adapt-minutes', self.adaptMinutes.get()]
+        if mode != 'none' and self.hasAttribute('adaptForce') and self.adaptForce.get():
+            args += ['--adapt-force']
         return args
 
     def _adaptedModelFn(self):

@@ -240,7 +240,8 @@ class TestProtocols(unittest.TestCase):
         sim = _Project.newProtocol(ProtDeepClusterSimulate, procedural=3, nPerClass=26, boxSize=32,
                                    samplingRate=10.0, seed=7, snrMin=1.0, snrMax=2.0, useGpu=False)
         cls.sim = _Project.launchProtocol(sim)
-        embed = _Project.newProtocol(ProtDeepClusterEmbed, adapt=1, useGpu=False)      # bn
+        # bn; on these in-domain data the silhouette falls by 0.08 (> the guard's 0.05): forced
+        embed = _Project.newProtocol(ProtDeepClusterEmbed, adapt=1, adaptForce=True, useGpu=False)
         _link(embed, 'inputSubtomograms', cls.sim, 'subtomograms')
         cls.embed = _Project.launchProtocol(embed)
 

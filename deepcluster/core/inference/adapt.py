@@ -495,7 +495,7 @@ def adapted_paths(out):
 
 
 def adapt_for_embedding(files, sizes, invert_contrast, model_path=None, device='cpu', precision='auto',
-                        mode=DEFAULT_MODE, minutes=DEFAULT_MINUTES, steps=None, seed=0, out=None):
+                        mode=DEFAULT_MODE, minutes=DEFAULT_MINUTES, steps=None, seed=0, out=None, guard=True):
     """The hook of ``embed_files``: adapt the model to these files and return
     (Embedder to use, finish) where ``finish()`` writes the adapted model and the
     report beside ``out`` (call it once the features are written)."""
@@ -508,7 +508,7 @@ def adapt_for_embedding(files, sizes, invert_contrast, model_path=None, device='
     source = VolumeSource.from_files(files, sizes, config, invert_contrast)
     log.info('adapt %s: %d subtomograms, model %s%s', mode, len(source), path,
              ', budget %.1f min' % minutes if mode == 'full' and minutes else '')
-    res = adapt_model(model, config, source, mode, minutes, steps, seed, device,
+    res = adapt_model(model, config, source, mode, minutes, steps, seed, device, guard=guard,
                       base_model={'path': os.path.abspath(path), 'sha256': model_sha256(path)})
     emb = Embedder(res.model, res.config, device, precision)
     model_out, report_out = adapted_paths(out) if out else (None, None)
