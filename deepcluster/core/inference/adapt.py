@@ -370,6 +370,7 @@ def finetune(model, config, source, steps=DEFAULT_STEPS, minutes=DEFAULT_MINUTES
     views, m = du.shape[0], du.shape[1]
     sums = {k: 0.0 for k in WEIGHTS}
     pseudo, last, done, planned = None, time.perf_counter(), 0, steps
+    t_steps = last
     for step in range(steps):
         g = _gen(seed, 4, step)
         if w['pseudo'] > 0 and step % RECLUSTER_EVERY == 0:
@@ -410,8 +411,10 @@ def finetune(model, config, source, steps=DEFAULT_STEPS, minutes=DEFAULT_MINUTES
             break
         if progress and (now - last > 10 or done == steps):
             last = now
-            log.info('adapt full: step %d/%d  losses %s', done, steps,
-                     ' '.join('%s %.3f' % (k, v / done) for k, v in sums.items() if w[k] > 0))
+            rate = done / max(now - t_steps, 1e-9)
+            log.info('adapt full: step %d/%d  %.0f steps/s  losses %s  ETA %s', done, steps, rate,
+                     ' '.join('%s %.3f' % (k, v / done) for k, v in sums.items() if w[k] > 0),
+                     fmt_time((steps - done) / max(rate, 1e-9)))
     model.eval()
     card = {'trained': 'the fully connected layers after the encoder (encoder weights kept)',
             'steps': done, 'steps_planned': planned, 'lr': lr, 'weights': w, 'views': int(views),
