@@ -148,17 +148,33 @@ def _run_chain(args, project, report, structures, t0):
     sel.inputClasses.set(clu)
     sel.inputClasses.setExtended('classes')
     sel = _launch(project, sel, 'select the 2 biggest classes')
+    halves = _averaging_ready(project, sel)
 
     from deepcluster.core.outputs import claim_output, output_folder
     claim_output(report, 'demo', ours=is_demo_report, folder=True)
     with output_folder(report, 'demo') as tmp:      # built whole, renamed as a unit
-        _write_report(tmp, args, project, sim, emb, clu, sel, subtomos, n_classes, structures, t0)
+        _write_report(tmp, args, project, sim, emb, clu, sel, subtomos, n_classes, structures, t0, halves)
     print('\nReport (figures, metrics.json, summary.txt): %s' % report)
     print('Scipion project: %s\n  open it in the GUI with:\n    %s'
           % (project.getPath(), gui_command(args.project)))
 
 
-def _write_report(tmp, args, project, sim, emb, clu, sel, subtomos, n_classes, structures, t0):
+def _averaging_ready(project, sel):
+    """The selected set, split into even/odd halves (tomo), as gold-standard averaging
+    takes it; checks that it is what averaging protocols need."""
+    from tomo.protocols import ProtSplitEvenOddTomoSet
+    out = sel.output
+    first = out.getFirstItem()
+    if not (out.hasCoordinates3D() and out.hasAlignment3D() and first.hasCoordinate3D()):
+        raise DeepClusterError('demo: the selected subtomograms lack coordinates or alignment')
+    split = project.newProtocol(ProtSplitEvenOddTomoSet)
+    split.inputSet.set(sel)
+    split.inputSet.setExtended('output')
+    split = _launch(project, split, 'split even/odd for averaging')
+    return [o for _, o in split.iterOutputAttributes()]
+
+
+def _write_report(tmp, args, project, sim, emb, clu, sel, subtomos, n_classes, structures, t0, halves=()):
     shutil.copytree(clu._getExtraPath('plots'), tmp, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns('.*'))      # not the plots' own stamp
     for fn in ('simulated/montage.png',):
@@ -174,11 +190,35 @@ def _write_report(tmp, args, project, sim, emb, clu, sel, subtomos, n_classes, s
                   else '%d procedural pseudo-molecules + negative' % args.procedural)]
     summary += clu._summary() + ['', 'Methods: ' + ' '.join(emb._methods() + clu._methods()),
                                  '', 'Selected for averaging: %d subtomograms of the 2 biggest classes'
-                                 % sel.output.getSize(),
-                                 'Total time: %.0f s' % (time.time() - t0)]
+                                 % sel.output.getSize()]
+    summary += _averaging_lines(tmp, sim, clu, sel, halves)
+    summary += ['Total time: %.0f s' % (time.time() - t0)]
     with open(os.path.join(tmp, 'summary.txt'), 'w') as f:
         f.write('\n'.join(summary) + '\n')
     print('\n'.join(summary))
+
+
+def _averaging_lines(tmp, sim, clu, sel, halves):
+    """Copy the class averages (and half maps) into the report; say what the selected
+    set carries for the averaging protocols."""
+    out = sel.output
+    tomos = {st.getCoordinate3D().getTomoId() for st in out.iterSubtomos()}
+    lines = ['Averaging-ready: each carries its 3D coordinate in one of %d synthetic tomograms '
+             '(%.1f A/px), its pose (transform), tilt range %g..%g deg; even/odd halves of %s '
+             'subtomograms (tomo split) for gold-standard averaging.'
+             % (len(tomos), sim.tomograms.getSamplingRate(), out.getAcquisition().getAngleMin(),
+                out.getAcquisition().getAngleMax(), ' + '.join(str(h.getSize()) for h in halves))]
+    avgs = getattr(clu, 'averages', None)
+    if avgs is not None:
+        folder = os.path.join(tmp, 'averages')
+        os.makedirs(folder, exist_ok=True)
+        for avg in avgs:
+            for fn in [avg.getFileName()] + avg.getHalfMaps().split(','):
+                shutil.copy(fn, folder)
+        lines.append('Class averages (missing-wedge weighted, aligned members; half maps): %d in '
+                     'averages/, shown in gallery.png; registered as the cluster run\'s "averages".'
+                     % avgs.getSize())
+    return lines
 
 
 if __name__ == '__main__':

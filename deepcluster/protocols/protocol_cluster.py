@@ -25,7 +25,7 @@ class ClusterOutputs(Enum):
     subtomograms = SetOfSubTomograms            # the input's items, each with its classId
     averages = SetOfAverageSubTomograms         # when the items carry an alignment
 
-AVERAGE_MEMBERS = 200      # default cap of members averaged per class (the nearest to its centre)
+AVERAGE_MEMBERS = 50       # default cap of members averaged per class (the nearest to its centre)
 GALLERY_MEMBERS = 4
 
 

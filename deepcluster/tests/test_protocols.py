@@ -29,7 +29,7 @@ class TestDeepClusterChain(BaseTest):
         setupTestProject(cls)
         sim = cls.newProtocol(ProtDeepClusterSimulate, procedural=3, nPerClass=N_PER_CLASS,
                               boxSize=32, samplingRate=10.0, tiltMin=-55, tiltMax=65, seed=7,
-                              snrMin=1.0, snrMax=2.0, useGpu=False)
+                              snrMin=1.0, snrMax=2.0, perTomogram=16, useGpu=False)
         cls.sim = cls.launchProtocol(sim)
         train = cls.newProtocol(ProtDeepClusterTrain, inputType=0, steps=30, batchSize=8,
                                 learningRate=1e-3, seed=1, useGpu=False)
@@ -56,6 +56,19 @@ class TestDeepClusterChain(BaseTest):
         self.assertEqual(first.getDim(), (32, 32, 32))
         self.assertEqual(first.getAcquisition().getAngleMax(), 65)
         self.assertGreaterEqual(self.sim.templates.getSize(), 3)
+        # what an extraction registers: tomograms, coordinates with tomoId, true poses
+        self.assertTrue(subtomos.hasCoordinates3D() and subtomos.hasAlignment3D())
+        tomos = {t.getTsId(): t.clone() for t in self.sim.tomograms}
+        self.assertEqual(len(tomos), 2)                              # 32 items, 16 per tomogram
+        self.assertAlmostEqual(self.sim.tomograms.getSamplingRate(), 20.0)   # binned 2x
+        self.assertEqual(self.sim.coordinates.getSize(), N_CLASSES * N_PER_CLASS)
+        for st in subtomos.iterSubtomos():
+            coord = st.getCoordinate3D()
+            self.assertIn(coord.getTomoId(), tomos)
+            self.assertEqual(st.getVolName(), coord.getTomoId())
+            m = st.getTransform().getMatrix()
+            np.testing.assert_allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-5)
+            self.assertFalse(np.allclose(m, np.eye(4)))
 
     def test_model_output(self):
         model = self.train.model
@@ -88,6 +101,20 @@ class TestDeepClusterChain(BaseTest):
                 self.assertEqual(item.getSamplingRate(), 10.0)
         summary = '\n'.join(self.cluster._summary())
         self.assertIn('V-measure', summary)
+        # aligned items (the true poses): each class's representative is its average
+        self.assertIn('average of the aligned members', summary)
+        avgs = {a.getClassId(): a.clone() for a in self.cluster.averages}
+        self.assertEqual(sorted(avgs), sorted(c.getObjId() for c in classes))
+        for cls in classes:
+            self.assertEqual(cls.getRepresentative().getFileName(), avgs[cls.getObjId()].getFileName())
+            self.assertEqual(len(avgs[cls.getObjId()].getHalfMaps().split(',')), 2)
+        classified = self.cluster.subtomograms
+        self.assertEqual(classified.getSize(), N_CLASSES * N_PER_CLASS)
+        self.assertTrue(all(st.getClassId() >= 1 for st in classified))
+        self.assertTrue(classified.hasCoordinates3D())
+        self.assertEqual(classes.getFirstItem().getCoordinates3D().getSize(), N_CLASSES * N_PER_CLASS)
+        self.assertEqual(set(ProtDeepClusterCluster._possibleOutputs.__members__),
+                         {'classes', 'subtomograms', 'averages'})
         self.assertTrue(self.cluster._methods()[0])
 
     def test_classes_chain_into_selector_and_subset(self):
