@@ -168,7 +168,9 @@ def main(argv=None):
                    'rc': proc.returncode, 'traceback': 'Traceback' in err,
                    'inputs_unchanged': tree_hash(INPUTS) == inputs,
                    'old_output_intact': after == before, 'output_whole': whole == '',
-                   'why_not_whole': whole, 'litter_after_kill': len(litter())}
+                   'why_not_whole': whole, 'litter_after_kill': len(litter()),
+                   'litter_names_after_kill': [os.path.basename(p) for p in litter()][:6],
+                   'stderr_tail': err[-1500:] if 'Traceback' in err else ''}
             p = run(commands(i + 1)[cmd], check=False)          # the next run
             row.update(rerun_rc=p.returncode, rerun_traceback='Traceback' in p.stderr,
                        litter_after_rerun=litter(), output_whole_after_rerun=output_ok(cmd) == '')

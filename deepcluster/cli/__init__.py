@@ -47,8 +47,11 @@ def main(argv=None):
             stream.reconfigure(errors='backslashreplace')
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)   # unwind: temporaries are removed
+        sys.unraisablehook = _unraisable
     try:
         args.func(args)
+        if _exit_code:
+            sys.exit(_exit_code)
     except DeepClusterError as e:
         _fail(str(e))
     except KeyboardInterrupt:
@@ -69,5 +72,20 @@ def _fail(msg):
 
 
 def _terminated(signum, frame):
+    """SIGTERM: unwind (temporaries are removed), after any commit under way."""
+    from deepcluster.core.outputs import request_exit
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise SystemExit(143)
+    request_exit(143)
+
+
+def _unraisable(hook_args):
+    """A SystemExit raised by SIGTERM where Python cannot propagate it (a destructor,
+    a callback) is not a traceback for the user; the run still ends with 143."""
+    if issubclass(hook_args.exc_type, SystemExit):
+        global _exit_code
+        _exit_code = 143
+        return
+    sys.__unraisablehook__(hook_args)
+
+
+_exit_code = 0

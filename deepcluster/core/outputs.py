@@ -41,6 +41,32 @@ _NAME = re.compile(r'^\.(?P<base>.*)\.dc-(?P<kind>tmp|old|commit)\.(?P<pid>\d+)\
                    r'(?P<ext>\.[^.]*)?$')
 
 
+# ------------------------------------------------------------- critical parts
+_state = {'depth': 0, 'pending': None}
+
+
+@contextlib.contextmanager
+def critical():
+    """Renames and their clean-up run to the end: a termination request (SIGTERM,
+    see ``cli``) that arrives meanwhile is acted on when the section is left."""
+    _state['depth'] += 1
+    try:
+        yield
+    finally:
+        _state['depth'] -= 1
+        if _state['depth'] == 0 and _state['pending'] is not None:
+            code, _state['pending'] = _state['pending'], None
+            raise SystemExit(code)
+
+
+def request_exit(code):
+    """Exit now (SystemExit), or at the end of the critical section under way."""
+    if _state['depth']:
+        _state['pending'] = code
+    else:
+        raise SystemExit(code)
+
+
 # --------------------------------------------------------------------- names
 def _hidden(path, kind, token=None, suffix=None):
     """``.<name>.dc-<kind>.<pid>.<token><ext>``: ours by its pattern, its process by
@@ -270,7 +296,7 @@ def clean_stale(folder):
             stale.append((m.group('kind'), os.path.join(folder, n)))
     if not stale:
         return
-    with folder_lock(folder):
+    with critical(), folder_lock(folder):
         for kind, p in stale:
             if kind == 'commit' and p.endswith('.json'):
                 _recover(p)
@@ -354,7 +380,7 @@ def commit(pairs, ours=None):
     process may have put something there meanwhile)."""
     pairs = [(os.path.abspath(t), os.path.abspath(f)) for t, f in pairs]
     folders = sorted({os.path.dirname(f) for _, f in pairs})
-    with contextlib.ExitStack() as stack:
+    with critical(), contextlib.ExitStack() as stack:
         for d in folders:
             stack.enter_context(folder_lock(d))
         for tmp, final in pairs:
@@ -424,8 +450,9 @@ def atomic_paths(*paths, ours=None):
         except OSError as e:
             raise user_error(e, finals[0])
     finally:
-        for t in tmps:
-            _remove(t)
+        with critical():
+            for t in tmps:
+                _remove(t)
 
 
 @contextlib.contextmanager
