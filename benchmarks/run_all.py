@@ -39,6 +39,7 @@ BENCHES = [
     ('stress', ['bench_stress.py']),     # kills at random moments: the output policy holds
     ('embed', ['bench_embed.py', '--parts', 'speed', 'disk', 'gpu']),
     ('cluster', ['bench_cluster.py', '--parts', 'scale', 'auto_k_time']),
+    ('scipion_chain', ['bench_scipion_chain.py']),   # simulate -> classify protocols vs the CLI, 10k + 50k
     ('quality', ['bench_quality.py']),
     ('adapt', ['bench_adapt.py']),          # embed --adapt vs none: realistic + source-domain sets, cost
     *PHYSICAL,
