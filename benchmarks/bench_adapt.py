@@ -73,9 +73,9 @@ def source_sets():
     shrec = load_structures([os.path.join(maps, s + '.mrc') for s in bq.SHREC], 10.0)
     ribo = load_structures([os.path.join(maps, s + '.mrc') for s in ('4v4r', '4v7r')], 10.0)
     return {
-        'shrec': lambda: bq.simulate(shrec, 10.0, 40, bq.TEST_SEED),
-        'membrane': lambda: bq.simulate(ribo, 10.0, 40, bq.TEST_SEED + 1, membrane_bound=('4v4r', '4v7r')),
-        'unseen': lambda: bq.simulate(procedural_templates(10, 10.0, seed=777), 10.0, 40, bq.TEST_SEED + 2),
+        'shrec': lambda: (*bq.simulate(shrec, 10.0, 40, bq.TEST_SEED), 10.0),
+        'membrane': lambda: (*bq.simulate(ribo, 10.0, 40, bq.TEST_SEED + 1, membrane_bound=('4v4r', '4v7r')), 10.0),
+        'unseen': lambda: (*bq.simulate(procedural_templates(10, 10.0, seed=777), 10.0, 40, bq.TEST_SEED + 2), 10.0),
     }
 
 
@@ -229,10 +229,15 @@ from deepcluster.core.model.network import load_model, resolve_model_path
 files = sorted(glob.glob(%r))[:%d]
 m, c = load_model(resolve_model_path(None))
 r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+u0 = resource.getrusage(resource.RUSAGE_SELF)
 t = time.time()
 src = adapt.VolumeSource.from_files(files, [13.68] * len(files), c)
 res = adapt.adapt_model(m, c, src, %r, progress=False, guard=True)
+u1 = resource.getrusage(resource.RUSAGE_SELF)
+import os
 print(json.dumps({'seconds': round(time.time() - t, 1), 'rss_before_mb': round(r0 / 1024, 1),
+      'cpu_seconds': round(u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime, 1),
+      'load_average': [round(x, 1) for x in os.getloadavg()],
       'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       'steps': res.report.get('finetune', {}).get('steps'), 'accepted': res.accepted}))
 ''' % (REPO, threads, os.path.join(tmp, '*.mrc'), n, mode)
@@ -337,10 +342,14 @@ def main(argv=None):
             tmp = '/tmp/bench_adapt_files'
             make_files(max(a.cost_n), tmp)
             rows = {}
-            for mode in [m for m in a.modes if m != 'none']:
-                for n in a.cost_n:
+            for n in a.cost_n:
+                for mode in [m for m in a.modes if m != 'none']:
                     rows['%s:%d' % (mode, n)] = r = cost(n, mode, tmp, a.threads)
                     print('  %s n=%d: %s' % (mode, n, r), flush=True)
+                    result['parts']['cost'] = rows          # each row as soon as it is measured
+                    with open(a.out + '.tmp', 'w') as f:
+                        json.dump(result, f, indent=1, default=_plain)
+                    os.replace(a.out + '.tmp', a.out)
             result['parts']['cost'] = rows
         with open(a.out + '.tmp', 'w') as f:
             json.dump(result, f, indent=1, default=_plain)
