@@ -84,17 +84,17 @@ def embed(vols, voxel, model):
 
 def plot(path, feats, labels, res, title):
     from matplotlib.figure import Figure
-    from sklearn.manifold import TSNE
+    from sklearn.decomposition import PCA
     y = np.asarray(labels)
     classes = res['classes']
-    xy = TSNE(2, perplexity=30, init='pca', random_state=0).fit_transform(feats)
+    xy = PCA(2, random_state=0).fit_transform(feats)
     fig = Figure(figsize=(11, 4.6))
     ax = fig.add_subplot(1, 2, 1)
     for c in classes:
         m = y == c
         ax.scatter(xy[m, 0], xy[m, 1], s=6 if c != 'negative' else 4, label='%s (%d)' % (c, m.sum()))
     ax.legend(fontsize=7, markerscale=2)
-    ax.set_title('%s: t-SNE of the features' % title, fontsize=9)
+    ax.set_title('%s: PCA of the features' % title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     ax = fig.add_subplot(1, 2, 2)
