@@ -138,6 +138,8 @@ def bench_scipion(n, work, box):
         sim, rsim = launch(sim)
         clf = project.newProtocol(ProtDeepClusterClassify, kMode=K_FIXED, numberOfClasses=PROCEDURAL + 1,
                                   useGpu=False)
+        if clf.hasAttribute('adapt'):
+            clf.adapt.set(0)          # 'none', as the CLI's embed here: the same work on both sides
         clf.inputSubtomograms.set(sim)
         clf.inputSubtomograms.setExtended('subtomograms')
         clf, rclf = launch(clf)
