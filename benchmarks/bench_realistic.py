@@ -16,7 +16,7 @@ It judges; it never trains or tunes (choices belong on validation seeds >= 100).
     python benchmarks/bench_realistic.py --voxel-sizes 13.68 --kinds paper
     python benchmarks/bench_realistic.py --models default my.pt --out /tmp/r.json
 
-The first run simulates the sets (~3-4 min each on 2 cores) into runs/realistic/.
+The first run simulates the sets (~3 min each on 2 idle cores, 9-15 min loaded) into runs/realistic/.
 """
 import argparse
 import json

@@ -18,7 +18,8 @@ Modules, one job each:
                   the handcrafted 20-number reference descriptor
 Seeds: 1 and 2 are the reported ones; use a validation seed (>= 100) for any
 choice you make with these sets. Sets are cached under runs/realistic/
-(<kind>_<seed>_<voxel>.npz); one set takes ~3-4 min on 2 CPU cores.
+(<kind>_<seed>_<voxel>.npz); one set (5 tomograms) takes ~3 min on 2 idle CPU cores
+(~35 s a tomogram), 9-15 min on a loaded machine (measured: 520-920 s at load 10-16).
 """
 import json
 import os
