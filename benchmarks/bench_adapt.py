@@ -142,7 +142,7 @@ def apply_guard(q, margin):
             if not isinstance(r, dict) or mode == 'none' or 'v_measure_unguarded' not in r:
                 continue
             sep = r.get('separability') or {}
-            ok = bool(sep) and sep['after'] >= sep['before'] - margin
+            ok = sep['after'] >= sep['before'] - margin if sep else bool(r.get('accepted'))
             g = {'accepted': ok, 'margin': margin,
                  'v_measure': r['v_measure_unguarded'] if ok else row['none']['v_measure']}
             if 'realistic_score' in row['none']:
