@@ -9,10 +9,11 @@ from deepcluster.core.inference.embed import CONTRAST_SAMPLE, CONTRASTS, DEFAULT
 from deepcluster.core.checks import check_number
 from deepcluster.core.inference.features import claim_features_output, features_csv_path
 from deepcluster.core.inference.volumes import VOXEL_RANGE, list_volume_files
-from deepcluster.core.outputs import refuse_overlap
+from deepcluster.core.model.train import is_model_output
+from deepcluster.core.outputs import claim_output, refuse_overlap
 from deepcluster.core.inference.adapt import (DEFAULT_MINUTES as ADAPT_MINUTES, DEFAULT_MODE as ADAPT_DEFAULT,
                                               DEFAULT_STEPS as ADAPT_STEPS, MIN_SUBTOMOGRAMS as ADAPT_MIN,
-                                              MODES as ADAPT_MODES)
+                                              MODES as ADAPT_MODES, adapted_paths)
 
 log = logging.getLogger(__name__)
 MAX_THREADS = 1024
@@ -73,14 +74,29 @@ def add_parser(subparsers):
     return p
 
 
+def _is_adapt_report(path):
+    """An adaptation report of an earlier embed (a JSON object with its 'mode')."""
+    import json
+    try:
+        with open(path) as f:
+            return isinstance(json.load(f).get('mode'), str)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _run(args):
     check_number('--voxel-size', args.voxel_size, *VOXEL_RANGE, none_ok=True)
     check_number('--threads', args.threads, 0, MAX_THREADS, integer=True)   # 1e5 threads segfault torch
     check_number('--batch-size', args.batch_size, 1, 4096, integer=True)
     out = claim_features_output(args.out)          # before the work: refuse early
+    outputs = [('--out', out), ('--out (its .csv)', features_csv_path(out))]
+    if args.adapt != 'none':                       # the adapted model and its report, beside --out
+        model_out, report_out = adapted_paths(out)
+        claim_output(model_out, 'embed', '--out (its adapted model)', ours=is_model_output)
+        claim_output(report_out, 'embed', '--out (its adaptation report)', ours=_is_adapt_report)
+        outputs += [('--out (its adapted model)', model_out), ('--out (its adaptation report)', report_out)]
     files = list_volume_files(args.inputs)
-    refuse_overlap([('--out', out), ('--out (its .csv)', features_csv_path(out))],
-                   [('INPUT', p) for p in list(args.inputs) + files] + [('--model', args.model)])
+    refuse_overlap(outputs, [('INPUT', p) for p in list(args.inputs) + files] + [('--model', args.model)])
     args.inputs = files
     if not args.adapt_minutes > 0:
         raise DeepClusterError('--adapt-minutes must be positive, got %g' % args.adapt_minutes)

@@ -170,8 +170,11 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
     def createOutputStep(self):
         from deepcluster.core.analysis import averages as core_averages
         source = self._outputSource()
+        from deepcluster.core.analysis.cluster_files import read_cluster_labels
         labels, dists = [], []
-        with open(os.path.join(self._clusterDir(), 'labels.csv'), newline='') as f:
+        labels_csv = os.path.join(self._clusterDir(), 'labels.csv')
+        read_cluster_labels(labels_csv)          # refuses a labels.csv + .json pair of two runs
+        with open(labels_csv, newline='') as f:
             for row in csv.DictReader(f):
                 labels.append(int(row['label']))
                 dists.append(float(row.get('distance') or 0.0))

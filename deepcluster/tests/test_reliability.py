@@ -709,3 +709,10 @@ def test_live_temporaries_of_another_run_are_left_alone(tmp_path):
         sleeper.wait()
     outputs.clean_stale(str(tmp_path))
     assert not live.exists()
+
+
+@pytest.mark.parametrize('which', ['_adapted.pt', '_adapt.json'])
+def test_embed_adapt_refuses_a_user_file_where_its_adapted_model_goes(work, which):
+    with open('new' + which, 'w') as f:
+        f.write('the user\'s own file\n')
+    refused(EMB + ['--adapt', 'bn', '--out', 'new.npy'], work, 'not an output')
