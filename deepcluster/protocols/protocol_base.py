@@ -235,14 +235,16 @@ class ProtDeepClusterBase(EMProtocol, ProtTomoBase):
     @staticmethod
     def readFeatures(subtomos):
         """N x D float32 features stored on the items by the embed protocol."""
-        rows = []
-        for item in subtomos.iterItems(orderBy='id'):
-            value = getattr(item, FEATURE_ATTR, None)
-            if value is None or not value.get():
-                raise ValueError('subtomogram %s has no deepcluster features: run '
-                                 '"deepcluster - embed" on this set first' % item.getObjId())
-            rows.append(np.array(value.get().split(','), dtype=np.float32))
-        return np.vstack(rows)
+        return np.vstack([ProtDeepClusterBase.itemFeature(item) for item in subtomos.iterItems(orderBy='id')])
+
+    @staticmethod
+    def itemFeature(item):
+        """The feature the embed protocol stored on one item (float32 vector)."""
+        value = getattr(item, FEATURE_ATTR, None)
+        if value is None or not value.get():
+            raise ValueError('subtomogram %s has no deepcluster features: run '
+                             '"deepcluster - embed" on this set first' % item.getObjId())
+        return np.array(value.get().split(','), dtype=np.float32)
 
     @staticmethod
     def hasFeatures(subtomos):

@@ -113,11 +113,7 @@ class ProtDeepClusterCluster(ProtDeepClusterBase):
         os.makedirs(self._clusterDir(), exist_ok=True)
         rows, paths, labels = [], [], []
         for item in subtomos.iterItems(orderBy='id'):
-            value = getattr(item, FEATURE_ATTR, None)
-            if value is None or not value.get():
-                raise ValueError('subtomogram %s has no deepcluster features: run '
-                                 '"deepcluster - embed" on this set first' % item.getObjId())
-            rows.append(np.array(value.get().split(','), dtype=np.float32))
+            rows.append(self.itemFeature(item))
             paths.append(item.getFileName())
             label = getattr(item, LABEL_ATTR, None)
             labels.append(label.get() if label is not None else None)

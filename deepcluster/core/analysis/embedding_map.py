@@ -66,7 +66,8 @@ def _check(X):
     return X
 
 
-def _pca(Xs):
+def pca_2d(Xs):
+    """The first two principal components (zero-padded when there are fewer)."""
     Xc = Xs - Xs.mean(0)
     if Xs.shape[1] >= 2 and len(Xs) >= 2:
         _, _, vt = np.linalg.svd(Xc, full_matrices=False)
@@ -154,7 +155,7 @@ def compute_map(X, method='tsne', seed=0, max_points=MAX_POINTS):
     elif method == 'umap':
         Y = _umap(_jitter(Xs, seed), seed)
     else:
-        Y = _pca(Xs)
+        Y = pca_2d(Xs)
     xy = place_all(X, Y, drawn)
     m = EmbeddingMap(xy, drawn, method, time.time() - t0)
     log.info('2-D map: %s in %.1f s', m.describe(), m.seconds)

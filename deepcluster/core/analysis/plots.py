@@ -272,14 +272,8 @@ def embed_2d(X, method='tsne', seed=0, max_points=EMBED_MAX_POINTS):
                      ).fit_transform(Xs)
         name = 't-SNE'
     elif method in ('tsne', 'pca'):
-        Xc = Xs - Xs.mean(0)
-        if Xs.shape[1] >= 2 and len(Xs) >= 2:
-            _, _, vt = np.linalg.svd(Xc, full_matrices=False)
-            Y = Xc @ vt[:2].T
-            if Y.shape[1] < 2:
-                Y = np.c_[Y, np.zeros(len(Y))]
-        else:
-            Y = np.c_[Xc[:, :1], np.zeros(len(Xc))]
+        from deepcluster.core.analysis.embedding_map import pca_2d
+        Y = pca_2d(Xs)
         name = 'PCA'
     else:
         raise DeepClusterError('embedding method %r: use tsne or pca' % method)
