@@ -91,7 +91,7 @@ def bench_cli(n, work, box):
                                 '--box', box, '--tomograms', PER_TOMOGRAM, BINNING, '--seed', 0,
                                 '--out', sim], log)}
     feats = os.path.join(d, 'features.npy')
-    res['embed'] = run_cli(['embed', sim, '--out', feats], log)
+    res['embed'] = run_cli(['embed', sim, '--out', feats, '--adapt', 'none'], log)   # as the protocol here
     res['cluster'] = run_cli(['cluster', feats, '--k', PROCEDURAL + 1, '--out', os.path.join(d, 'labels.csv'),
                               '--truth', os.path.join(sim, 'labels.csv'), '--plots', os.path.join(d, 'plots')],
                              log)
