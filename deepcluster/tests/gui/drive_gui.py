@@ -202,8 +202,8 @@ def main(project_name, out):
     window, win = show_view(v, 'showMap', 'map_opening', size='1400x860+0+0')
     s = window.session
     end = time.time() + 300
-    while s.map is None and time.time() < end:
-        pump(root, 0.5)
+    while (s.map is None or window._busy is not None) and time.time() < end:
+        pump(root, 0.5)                  # until the window has taken the map (it clears the selection)
     check(s.map is not None, 'the map is computed (%s)' % window.status.get())
     import numpy as np
     from scipy.spatial import ConvexHull

@@ -124,10 +124,13 @@ def main():
                             '(see %s)' % os.path.join(work, 'launcher.log'))
 
         log('3. driving the project window, forms and viewers ...')
-        r = subprocess.run([sys.executable, os.path.join(HERE, 'drive_gui.py'), PROJECT, shots],
-                           env=env, cwd=work)
-        if r.returncode:
-            failures.append('drive_gui.py failed (%d)' % r.returncode)
+        try:                             # a dialog left open would wait for a click forever
+            r = subprocess.run([sys.executable, os.path.join(HERE, 'drive_gui.py'), PROJECT, shots],
+                               env=env, cwd=work, timeout=900)
+            if r.returncode:
+                failures.append('drive_gui.py failed (%d)' % r.returncode)
+        except subprocess.TimeoutExpired:
+            failures.append('drive_gui.py did not finish within 15 min (a dialog waiting?)')
 
         log('4. pytest test_gui.py on the display ...')
         r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
