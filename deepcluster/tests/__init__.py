@@ -7,6 +7,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STRUCTURES = os.environ.get('DEEPCLUSTER_STRUCTURES') or os.path.join(REPO, '..', 'shared', 'structures')
 
 
+def link(prot, attr, source, output):
+    """Point ``prot.attr`` at ``source``'s output (pointers go in after newProtocol)."""
+    pointer = getattr(prot, attr)
+    pointer.set(source)
+    pointer.setExtended(output)
+
+
 def load_tests(loader, tests, pattern):
     from . import test_protocols
     tests.addTests(loader.loadTestsFromModule(test_protocols))

@@ -12,6 +12,7 @@ from deepcluster.core import DeepClusterError
 from deepcluster.core.inference import adapt
 from deepcluster.core.inference.volumes import write_volume
 from deepcluster.core.model.network import build_model, default_config, load_model, save_model
+from deepcluster.tests import link as _link
 
 BOX = 16
 CLASSES = ['proc00', 'proc01', 'proc02', 'negative']
@@ -269,7 +270,3 @@ class TestProtocols(unittest.TestCase):
         self.assertFalse(hasattr(prot, 'adaptedModel'))
 
 
-def _link(prot, attr, source, output):
-    pointer = getattr(prot, attr)
-    pointer.set(source)
-    pointer.setExtended(output)

@@ -47,15 +47,12 @@ from tomo.protocols import ProtImportTomograms, ProtSplitEvenOddTomoSet, ProtTom
 from deepcluster.constants import LABEL_ATTR          # noqa: E402
 from deepcluster.protocols import ProtDeepClusterClassify, ProtDeepClusterSimulate  # noqa: E402
 from deepcluster.protocols.protocol_cluster import K_FIXED  # noqa: E402
+from deepcluster.tests import link as _link  # noqa: E402
 
 TILT = (-55.0, 65.0)
 VOXEL = 10.0
 
 
-def _link(prot, attr, source, output):
-    pointer = getattr(prot, attr)
-    pointer.set(source)
-    pointer.setExtended(output)
 
 
 def _rot_close(a, b, tol=2e-3):

@@ -11,14 +11,12 @@ from pyworkflow.tests import BaseTest, setupTestProject
 from deepcluster.protocols import (ProtDeepClusterCluster, ProtDeepClusterEmbed,
                                    ProtDeepClusterSimulate)
 from deepcluster.protocols.protocol_cluster import K_FIXED
+from deepcluster.tests import link as _link
 
 pytestmark = pytest.mark.skipif(not os.environ.get('DISPLAY'), reason='needs an X display '
                                 '(make test-gui runs it under Xvfb)')
 
 
-def _link(prot, attr, source, output):
-    getattr(prot, attr).set(source)
-    getattr(prot, attr).setExtended(output)
 
 
 class TestMapWindow(BaseTest):

@@ -12,15 +12,12 @@ from deepcluster.protocols import (ProtDeepClusterClassify, ProtDeepClusterClust
                                    ProtDeepClusterTrain)
 from deepcluster.protocols.protocol_base import MODEL_TRAINED
 from deepcluster.protocols.protocol_cluster import K_FIXED
+from deepcluster.tests import link as _link
 
 N_PER_CLASS = 8
 N_CLASSES = 3 + 1          # procedural + negative
 
 
-def _link(prot, attr, source, output):
-    pointer = getattr(prot, attr)
-    pointer.set(source)
-    pointer.setExtended(output)
 
 
 class TestDeepClusterChain(BaseTest):

@@ -15,14 +15,11 @@ from deepcluster.protocols import (ProtDeepClusterClassify, ProtDeepClusterClust
 from deepcluster.protocols.protocol_base import MODEL_SHIPPED, MODEL_TRAINED, near_chance
 from deepcluster.protocols.protocol_cluster import K_FIXED
 from deepcluster.protocols.protocol_select import OUT_CLASSES
+from deepcluster.tests import link as _link
 
 K = 4
 
 
-def _link(prot, attr, source, output):
-    pointer = getattr(prot, attr)
-    pointer.set(source)
-    pointer.setExtended(output)
 
 
 class TestDeepClusterViewers(BaseTest):
